@@ -1,0 +1,1 @@
+"""Fine-tuning evaluation: task loaders, input transforms, heads, metrics and the report."""

@@ -1,0 +1,1 @@
+"""The `gpt1` command line: config loading, the run chain and the launchers."""

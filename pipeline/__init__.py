@@ -1,0 +1,1 @@
+"""Data stages: sources, cleaning, dedup, splitting, shard building, and the stage runner."""

@@ -1,0 +1,18 @@
+"""Typed config section owned by the tokenizer: `tokenizer`."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TokenizerConfig(BaseModel):
+    """BPE training: which style and how many merges."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    style: Literal["gpt1", "bytelevel"] = "gpt1"
+    """gpt1: the paper's lower-cased words with </w> suffixes; bytelevel: GPT-2 style bytes, no <unk>."""
+    merges: int = Field(40_000, gt=0)
+    """Number of BPE merges to learn (the paper: 40,000)."""
+    min_frequency: int = Field(2, gt=0)
+    """A pair must occur this often to be merged."""
