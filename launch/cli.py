@@ -18,8 +18,8 @@ from rich.table import Table
 
 from launch.config import Config, ConfigError, dump_config, load_config
 from launch.log import console, setup_logging
-from launch.stages import build_chain
-from pipeline.runner import Runner, StageError
+from launch.stages import build_chain, data_stage
+from pipeline.runner import Runner, StageError, StageOutcome
 
 log = logging.getLogger("gpt1")
 
@@ -34,6 +34,13 @@ config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file, e.g. configs/tiny.yaml.", show_default=False)]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address", envvar="RAY_ADDRESS", show_default=False,
+        help="Ray cluster to run the data stages on (host:port); default: a local instance.",
+    ),
+]  # fmt: skip
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable).", show_default=False),
@@ -89,19 +96,55 @@ def run(
     force: Annotated[
         list[str] | None, typer.Option(help="Rerun this stage even if complete (repeatable).", show_default=False)
     ] = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Run the whole chain, skipping every stage whose output is already complete."""
     cfg = load(config, set_)
-    chain = build_chain(cfg)
-    if not chain:
-        log.warning("this build has no stages to run")
-        return
-    runner = Runner(cfg.run_dir, force=set(force or []))
-    with user_errors():
-        outcomes = runner.run(chain, until=until)
+    outcomes = _run_stages(cfg, build_chain(cfg), until=until, force=set(force or []), ray_address=ray_address)
     table = Table(title=f"run {cfg.run.name}", title_justify="left")
     for column in ("stage", "status", "seconds", "output"):
         table.add_column(column)
     for o in outcomes:
         table.add_row(o.name, o.status, f"{o.seconds:.1f}", str(o.dir))
     console.print(table)
+
+
+@app.command()
+def data(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Rerun even if the output is complete.")] = False,
+    ray_address: RayAddressOpt = None,
+) -> None:
+    """Ingest, clean, deduplicate and split the configured sources into Parquet (on Ray)."""
+    cfg = load(config, set_)
+    (outcome,) = _run_stages(cfg, [data_stage(cfg)], force={"data"} if force else set(), ray_address=ray_address)
+    console.print(funnel_table(outcome.manifest["counts"]))
+    typer.echo(outcome.dir)
+
+
+def _run_stages(
+    cfg: Config, stages: list, until: str | None = None, force: set[str] = frozenset(), ray_address: str | None = None
+) -> list[StageOutcome]:
+    """Run stages under the run folder with one Ray connection for all; user errors exit 2."""
+    from pipeline.parallel import ray_session
+
+    with user_errors(), ray_session(ray_address):
+        return Runner(cfg.run_dir, force=force).run(stages, until=until)
+
+
+def funnel_table(counts: dict) -> Table:
+    """Documents in, rejected by reason, duplicates and kept: a column per source and the total."""
+    columns = {**counts["sources"], "total": counts}
+    reasons = sorted({r for c in columns.values() for r in c["rejected"]})
+    table = Table(title="documents", title_justify="left")
+    table.add_column("")
+    for name in columns:
+        table.add_column(name, justify="right")
+    rows = [("in", lambda c: c["in"])]
+    rows += [(f"rejected: {r}", lambda c, r=r: c["rejected"].get(r, 0)) for r in reasons]
+    rows += [("duplicates", lambda c: c["duplicates"]), ("kept", lambda c: c["kept"]),
+             ("  train", lambda c: c["train"]), ("  val", lambda c: c["val"])]  # fmt: skip
+    for label, value in rows:
+        table.add_row(label, *[f"{value(c):,}" for c in columns.values()], end_section=label in ("in", "duplicates"))
+    return table

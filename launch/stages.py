@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from launch.config import Config
-from pipeline.runner import Stage
+from pipeline.runner import Stage, StageContext
+
+
+def data_stage(cfg: Config) -> Stage:
+    def run(ctx: StageContext) -> dict:
+        from pipeline.data_stage import run_data
+        from pipeline.parallel import ray_session
+
+        with ray_session():
+            return run_data(cfg.data, ctx.out_dir)
+
+    return Stage("data", {"data": cfg.data}, run, version=1, resumable=True)
 
 
 def build_chain(cfg: Config) -> list[Stage]:
     """The stages of a run for this config, in order."""
-    return []
+    return [data_stage(cfg)]

@@ -1,0 +1,73 @@
+"""Ray for the data stages: connect (a cluster when given an address, else a private local
+instance) and map a function over work items on Ray Data, with one progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """Use the Ray already initialised in this process, or connect for the duration of the block.
+
+    `address` (or RAY_ADDRESS) names a running cluster, e.g. `10.0.0.1:6379`; without one a new
+    local instance is started and stopped again. On a cluster, outputs must be on a filesystem
+    every node sees, and the project must be installed on every node.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    log.info("ray: %s", "starting a local instance" if address == "local" else f"connecting to {address}")
+    quiet = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.ERROR
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=quiet)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def parallel_map(
+    items: list[dict[str, Any]], fn: Callable[[dict[str, Any]], dict[str, Any]], workers: int, desc: str
+) -> list[dict[str, Any]]:
+    """`fn` applied to every item on Ray Data, at most `workers` at a time; results in item order.
+
+    Items and results are rows of plain values (Arrow types). Each item is its own block, so one
+    slow item never holds back the others.
+    """
+    if not items:
+        return []
+    import ray.data
+
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    rows = [{"item": i, **item} for i, item in enumerate(items)]
+
+    def numbered(row: dict[str, Any]) -> dict[str, Any]:
+        return {**fn(row), "item": row["item"]}
+
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+        numbered, compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1
+    )
+    results = []
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    ) as progress:
+        task = progress.add_task(desc, total=len(rows))
+        for row in dataset.iter_rows():
+            results.append(row)
+            progress.advance(task)
+    return sorted(results, key=lambda r: r["item"])

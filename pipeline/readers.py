@@ -1,0 +1,196 @@
+"""Read local files into documents: text, markdown, rst, JSON lines, JSON, Parquet and HTML,
+each optionally compressed with gzip, zstd or bzip2.
+
+A file that cannot be read becomes one rejected record with the reason, never an exception:
+binary content, a corrupt archive, invalid UTF-8 (when configured to reject), a malformed JSON line
+(with its line number), an empty file. Everything is streamed; only `unit: file` holds one whole
+document, and never more than `max_chars` of it.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from pipeline.config import SourceConfig
+from pipeline.documents import Doc
+
+COMPRESSION = {".gz": gzip.open, ".bz2": bz2.open, ".zst": None}
+FORMATS = {".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".rst": "rst", ".jsonl": "jsonl",
+           ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".html": "html", ".htm": "html"}  # fmt: skip
+SNIFF_BYTES = 8192
+
+
+class ReadError(ValueError):
+    """A file cannot be read as configured; becomes a rejected record for that file."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}")
+
+
+def file_format(path: str, configured: str) -> str:
+    """The format of a path: the configured one, or inferred from the extension under any compression."""
+    if configured != "auto":
+        return configured
+    name = path.lower()
+    for ext in COMPRESSION:
+        name = name.removesuffix(ext)
+    fmt = FORMATS.get(Path(name).suffix)
+    if fmt is None:
+        raise ValueError(f"{path}: cannot tell the format from the extension; set format in the source")
+    return fmt
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """Open a file for reading bytes, decompressing by extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".zst":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    opener = COMPRESSION.get(suffix) or open
+    return opener(path, "rb")
+
+
+def decode(data: bytes, policy: str, stats: Counter) -> str:
+    """UTF-8 text from bytes: invalid sequences are replaced (and counted) or raise, as configured."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if policy == "reject":
+            raise ReadError("invalid_utf8", f"byte {e.start}: {e.reason}") from None
+        stats["read.invalid_utf8_replaced"] += 1
+        return data.decode("utf-8", errors="replace")
+
+
+def read_file(path: str, source: SourceConfig, policy: str, max_chars: int | None, stats: Counter) -> Iterator[Doc]:
+    """Every document in one local file; faults become rejected records named after the file."""
+    try:
+        fmt = file_format(path, source.format)
+        with open_binary(path) as raw:
+            stream = io.BufferedReader(raw) if not hasattr(raw, "peek") else raw
+            head = stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]
+            if not head:
+                yield Doc.rejected(path, source.name, "empty_file")
+                return
+            if b"\x00" in head and fmt != "parquet":
+                yield Doc.rejected(path, source.name, "binary_file", "NUL bytes in the first 8 KiB")
+                return
+            if fmt == "parquet":
+                yield from _parquet(path, source, stats)
+            elif fmt in ("jsonl", "json"):
+                yield from _json(stream, path, source, policy, stats)
+            elif source.unit == "file" or fmt == "html":
+                yield _whole(stream, path, source, fmt, policy, max_chars, stats)
+            else:
+                yield from _units(stream, path, source, policy, stats)
+    except ReadError as e:
+        yield Doc.rejected(path, source.name, e.reason, e.detail)
+    except (OSError, EOFError, ValueError) as e:
+        yield Doc.rejected(path, source.name, "unreadable_file", f"{type(e).__name__}: {e}")
+
+
+def _whole(stream: IO[bytes], path: str, source: SourceConfig, fmt: str, policy: str, max_chars: int | None,
+           stats: Counter) -> Doc:  # fmt: skip
+    # UTF-8 needs at most 4 bytes a character: reading past 4 × max_chars can only find a too-long document.
+    limit = -1 if max_chars is None else 4 * max_chars + 1
+    data = stream.read(limit)
+    if max_chars is not None and len(data) == limit and stream.read(1):
+        return Doc.rejected(path, source.name, "too_long", f"more than {max_chars} characters")
+    text = decode(data, policy, stats)
+    if fmt == "html":
+        text = html_main_text(text)
+        if not text:
+            return Doc.rejected(path, source.name, "no_main_text", "no main text found in the HTML")
+    return Doc(path, source.name, text, {"path": path})
+
+
+def _units(stream: IO[bytes], path: str, source: SourceConfig, policy: str, stats: Counter) -> Iterator[Doc]:
+    """One document per line, or per blank-line-separated paragraph; ids carry the first line number."""
+    paragraph: list[str] = []
+    start = 1
+    for number, line in enumerate(stream, 1):
+        text = decode(line, policy, stats).rstrip("\r\n")
+        if source.unit == "line":
+            if text.strip():
+                yield Doc(f"{path}:{number}", source.name, text, {"path": path, "line": number})
+            continue
+        if text.strip():
+            if not paragraph:
+                start = number
+            paragraph.append(text)
+        elif paragraph:
+            yield Doc(f"{path}:{start}", source.name, "\n".join(paragraph), {"path": path, "line": start})
+            paragraph = []
+    if paragraph:
+        yield Doc(f"{path}:{start}", source.name, "\n".join(paragraph), {"path": path, "line": start})
+
+
+def _json(stream: IO[bytes], path: str, source: SourceConfig, policy: str, stats: Counter) -> Iterator[Doc]:
+    """JSON lines, or (when the file starts with '[') one JSON array of records."""
+    numbered: Iterator[tuple[int, object]]
+    if stream.peek(SNIFF_BYTES).lstrip()[:1] == b"[":
+        try:
+            records = json.loads(decode(stream.read(), policy, stats))
+        except json.JSONDecodeError as e:
+            raise ReadError("malformed_json", f"line {e.lineno}: {e.msg}") from None
+        if not isinstance(records, list):
+            raise ReadError("malformed_json", "expected an array of records")
+        numbered = enumerate(records, 1)
+    else:
+        numbered = _json_lines(stream, policy, stats)
+    for number, record in numbered:
+        doc_id = f"{path}:{number}"
+        if isinstance(record, ReadError):
+            yield Doc.rejected(doc_id, source.name, record.reason, f"line {number}: {record.detail}")
+            continue
+        text = record.get(source.text_field) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            yield Doc.rejected(doc_id, source.name, "missing_field", f"line {number}: no string {source.text_field!r}")
+            continue
+        meta = {k: v for k, v in record.items() if k != source.text_field and isinstance(v, (str, int, float, bool))}
+        yield Doc(doc_id, source.name, text, {"path": path, "line": number, **meta})
+
+
+def _json_lines(stream: IO[bytes], policy: str, stats: Counter) -> Iterator[tuple[int, object]]:
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(decode(line, policy, stats))
+        except json.JSONDecodeError as e:
+            yield number, ReadError("malformed_json", e.msg)
+        except ReadError as e:
+            yield number, e
+
+
+def _parquet(path: str, source: SourceConfig, stats: Counter) -> Iterator[Doc]:
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path)
+    if source.text_field not in file.schema_arrow.names:
+        raise ReadError("missing_field", f"no column {source.text_field!r} (columns: {file.schema_arrow.names})")
+    number = 0
+    for batch in file.iter_batches(batch_size=1024, columns=[source.text_field]):
+        for text in batch.column(0).to_pylist():
+            number += 1
+            if not isinstance(text, str):
+                yield Doc.rejected(f"{path}:{number}", source.name, "missing_field", f"row {number}: null text")
+            else:
+                yield Doc(f"{path}:{number}", source.name, text, {"path": path, "row": number})
+
+
+def html_main_text(html: str) -> str:
+    """The main text of a web page, without navigation, ads and footers."""
+    try:
+        import trafilatura
+    except ImportError:
+        raise ImportError("HTML sources need trafilatura: pip install 'gpt1[html]'") from None
+    return trafilatura.extract(html, include_comments=False, include_tables=False, deduplicate=False) or ""

@@ -1,0 +1,124 @@
+"""Plan the work of reading every source as numbered partitions, and read one partition.
+
+Partitions are numbered in a fixed order (sources as configured, files sorted), so the output does
+not depend on how many workers read them. Everything that can be checked before reading (globs
+that match nothing, a hub dataset that does not exist) fails here, at once, before any work starts.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pipeline.builtin import builtin_units, read_builtin
+from pipeline.config import DataConfig, SourceConfig
+from pipeline.documents import Doc
+from pipeline.download import fetch
+from pipeline.readers import file_format, read_file
+from pipeline.runner import StageError
+
+BUILTIN_PARTS = 8
+
+
+class DataError(StageError):
+    """The configured sources cannot be read; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One unit of reading work: a file, a URL, a shard of a hub dataset or a slice of the built-in corpus."""
+
+    index: int
+    source: SourceConfig
+    target: str
+    units: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.source.name}:{self.target}"
+
+
+def plan(cfg: DataConfig) -> list[Partition]:
+    """Every partition of every source, in order; all problems found are raised together."""
+    targets: list[tuple[SourceConfig, str, tuple[str, ...]]] = []
+    problems: list[str] = []
+    names = [s.name for s in cfg.sources]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"data.sources: the name {name!r} is used twice")
+    for source in cfg.sources:
+        try:
+            targets += [(source, target, units) for target, units in _targets(source)]
+        except (ValueError, OSError, ImportError) as e:
+            problems.append(f"data.sources[{source.name}]: {e}")
+    if problems:
+        raise DataError("\n".join(problems))
+    return [Partition(i, source, target, units) for i, (source, target, units) in enumerate(targets)]
+
+
+def _targets(source: SourceConfig) -> Iterator[tuple[str, tuple[str, ...]]]:
+    if source.kind == "local":
+        for pattern in source.paths:
+            matches = sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
+            if not matches:
+                raise ValueError(f"no file matches {pattern!r}")
+            for path in matches:
+                file_format(path, source.format)  # an unknown extension is a config error, found now
+                yield path, ()
+    elif source.kind == "url":
+        for url in source.paths:
+            file_format(url, source.format)
+            yield url, ()
+    elif source.kind == "hub":
+        for shard in range(_hub_dataset(source).num_shards):
+            yield f"shard-{shard}", ()
+    else:
+        units = builtin_units()
+        size = -(-len(units) // BUILTIN_PARTS)
+        for part in range(0, len(units), size):
+            yield f"part-{part // size}", tuple(units[part : part + size])
+
+
+def _hub_dataset(source: SourceConfig):
+    """The dataset streamed from the hub (or from a local dataset folder given as hub_id)."""
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise ImportError("hub sources need datasets: pip install datasets") from None
+    try:
+        return load_dataset(source.hub_id, source.hub_config, split=source.split, streaming=True)
+    except Exception as e:  # datasets raises many types for a missing id, config or split
+        raise ValueError(f"cannot open hub dataset {source.hub_id!r}: {type(e).__name__}: {e}") from None
+
+
+def read_partition(part: Partition, cfg: DataConfig, stats: Counter) -> Iterator[Doc]:
+    """The documents of one partition, at most `limit` of them (the source's limit applies to all)."""
+    return itertools.islice(_read(part, cfg, stats), part.source.limit)
+
+
+def _read(part: Partition, cfg: DataConfig, stats: Counter) -> Iterator[Doc]:
+    source, clean = part.source, cfg.clean
+    if source.kind == "local":
+        yield from read_file(part.target, source, clean.invalid_utf8, clean.max_chars, stats)
+    elif source.kind == "url":
+        expected = source.sha256[source.paths.index(part.target)] if source.sha256 else None
+        path = fetch(part.target, cfg.cache_dir, expected)
+        for doc in read_file(str(path), source, clean.invalid_utf8, clean.max_chars, stats):
+            doc.id = doc.id.replace(str(path), part.target, 1)
+            doc.meta["path"] = part.target
+            yield doc
+    elif source.kind == "hub":
+        shard = int(part.target.removeprefix("shard-"))
+        dataset = _hub_dataset(source)
+        for row, record in enumerate(dataset.shard(num_shards=dataset.num_shards, index=shard), 1):
+            doc_id = f"{source.name}/{source.split}/{shard}:{row}"
+            text = record.get(source.text_field)
+            if isinstance(text, str):
+                yield Doc(doc_id, source.name, text, {"hub": source.hub_id, "shard": shard, "row": row})
+            else:
+                yield Doc.rejected(doc_id, source.name, "missing_field", f"row {row}: no string {source.text_field!r}")
+    else:
+        yield from read_builtin(source.name, list(part.units))
