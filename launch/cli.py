@@ -6,6 +6,7 @@ Every command takes a YAML config (see configs/) and `--set section.key=value` o
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from launch.config import Config, ConfigError, dump_config, load_config
@@ -72,7 +74,7 @@ def user_errors() -> Iterator[None]:
         yield
     except (ConfigError, StageError) as e:
         for line in str(e).splitlines():
-            console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -126,10 +128,11 @@ def data(
 def _run_stages(
     cfg: Config, stages: list, until: str | None = None, force: set[str] = frozenset(), ray_address: str | None = None
 ) -> list[StageOutcome]:
-    """Run stages under the run folder with one Ray connection for all; user errors exit 2."""
-    from pipeline.parallel import ray_session
-
-    with user_errors(), ray_session(ray_address):
+    """Run stages under the run folder; stages that use Ray connect to `ray_address` (default: a
+    local instance) when they first need it. User errors exit 2."""
+    if ray_address:
+        os.environ["RAY_ADDRESS"] = ray_address
+    with user_errors():
         return Runner(cfg.run_dir, force=force).run(stages, until=until)
 
 

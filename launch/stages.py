@@ -9,10 +9,8 @@ from pipeline.runner import Stage, StageContext
 def data_stage(cfg: Config) -> Stage:
     def run(ctx: StageContext) -> dict:
         from pipeline.data_stage import run_data
-        from pipeline.parallel import ray_session
 
-        with ray_session():
-            return run_data(cfg.data, ctx.out_dir)
+        return run_data(cfg.data, ctx.out_dir)
 
     return Stage("data", {"data": cfg.data}, run, version=1, resumable=True)
 

@@ -3,10 +3,9 @@ instance) and map a function over work items on Ray Data, with one progress bar.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -14,33 +13,28 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def ray_session(address: str | None = None) -> Iterator[None]:
-    """Use the Ray already initialised in this process, or connect for the duration of the block.
+def ensure_ray(address: str | None = None) -> None:
+    """Connect this process to Ray once: to the cluster at `address` (or RAY_ADDRESS), else to a
+    new local instance. Ray disconnects (and stops a local instance) when the process exits.
 
-    `address` (or RAY_ADDRESS) names a running cluster, e.g. `10.0.0.1:6379`; without one a new
-    local instance is started and stopped again. On a cluster, outputs must be on a filesystem
-    every node sees, and the project must be installed on every node.
+    On a cluster, outputs must be on a filesystem every node sees, and the project must be
+    installed on every node.
     """
     import ray
 
     if ray.is_initialized():
-        yield
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     log.info("ray: %s", "starting a local instance" if address == "local" else f"connecting to {address}")
     quiet = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.ERROR
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=quiet)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def parallel_map(
     items: list[dict[str, Any]], fn: Callable[[dict[str, Any]], dict[str, Any]], workers: int, desc: str
 ) -> list[dict[str, Any]]:
     """`fn` applied to every item on Ray Data, at most `workers` at a time; results in item order.
+    Connects to Ray first if this process is not connected yet.
 
     Items and results are rows of plain values (Arrow types). Each item is its own block, so one
     slow item never holds back the others.
@@ -49,6 +43,7 @@ def parallel_map(
         return []
     import ray.data
 
+    ensure_ray()
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()

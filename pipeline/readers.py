@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import zstandard
+
 from pipeline.config import SourceConfig
 from pipeline.documents import Doc
 
@@ -32,6 +34,7 @@ class ReadError(ValueError):
 
     def __init__(self, reason: str, detail: str):
         self.reason, self.detail = reason, detail
+        self.line = 0
         super().__init__(f"{reason}: {detail}")
 
 
@@ -45,6 +48,8 @@ def file_format(path: str, configured: str) -> str:
     fmt = FORMATS.get(Path(name).suffix)
     if fmt is None:
         raise ValueError(f"{path}: cannot tell the format from the extension; set format in the source")
+    if fmt == "parquet" and name != path.lower():
+        raise ValueError(f"{path}: Parquet compresses inside the file; store it without an outer compression")
     return fmt
 
 
@@ -52,8 +57,6 @@ def open_binary(path: str) -> IO[bytes]:
     """Open a file for reading bytes, decompressing by extension."""
     suffix = Path(path).suffix.lower()
     if suffix == ".zst":
-        import zstandard
-
         return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
     opener = COMPRESSION.get(suffix) or open
     return opener(path, "rb")
@@ -93,7 +96,7 @@ def read_file(path: str, source: SourceConfig, policy: str, max_chars: int | Non
                 yield from _units(stream, path, source, policy, stats)
     except ReadError as e:
         yield Doc.rejected(path, source.name, e.reason, e.detail)
-    except (OSError, EOFError, ValueError) as e:
+    except (OSError, EOFError, ValueError, zstandard.ZstdError) as e:
         yield Doc.rejected(path, source.name, "unreadable_file", f"{type(e).__name__}: {e}")
 
 
@@ -113,24 +116,37 @@ def _whole(stream: IO[bytes], path: str, source: SourceConfig, fmt: str, policy:
 
 
 def _units(stream: IO[bytes], path: str, source: SourceConfig, policy: str, stats: Counter) -> Iterator[Doc]:
-    """One document per line, or per blank-line-separated paragraph; ids carry the first line number."""
+    """One document per line, or per blank-line-separated paragraph; ids carry the first line number.
+    With `invalid_utf8: reject`, a bad line rejects only its own unit."""
     paragraph: list[str] = []
+    fault: ReadError | None = None
     start = 1
+
+    def unit() -> Doc:
+        doc_id = f"{path}:{start}"
+        if fault is not None:
+            return Doc.rejected(doc_id, source.name, fault.reason, f"line {fault.line}: {fault.detail}")
+        return Doc(doc_id, source.name, "\n".join(paragraph), {"path": path, "line": start})
+
     for number, line in enumerate(stream, 1):
-        text = decode(line, policy, stats).rstrip("\r\n")
-        if source.unit == "line":
-            if text.strip():
-                yield Doc(f"{path}:{number}", source.name, text, {"path": path, "line": number})
+        try:
+            text = decode(line, policy, stats).rstrip("\r\n")
+        except ReadError as e:
+            e.line, text = number, "?"
+            fault = fault or e
+        if not text.strip():
+            if paragraph:
+                yield unit()
+            paragraph, fault = [], None
             continue
-        if text.strip():
-            if not paragraph:
-                start = number
-            paragraph.append(text)
-        elif paragraph:
-            yield Doc(f"{path}:{start}", source.name, "\n".join(paragraph), {"path": path, "line": start})
-            paragraph = []
+        if not paragraph:
+            start = number
+        paragraph.append(text)
+        if source.unit == "line":
+            yield unit()
+            paragraph, fault = [], None
     if paragraph:
-        yield Doc(f"{path}:{start}", source.name, "\n".join(paragraph), {"path": path, "line": start})
+        yield unit()
 
 
 def _json(stream: IO[bytes], path: str, source: SourceConfig, policy: str, stats: Counter) -> Iterator[Doc]:

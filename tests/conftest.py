@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,3 +27,35 @@ def write_config(tmp_path: Path):
         return path
 
     return write
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """One real Ray head on 127.0.0.1 for the whole suite, as a user's cluster would be; this
+    process is connected to it, and subprocesses reach it with --ray-address."""
+    # Token authentication as Ray enables it by default, with a token of the suite's own that
+    # this process and every subprocess present (set before Ray is imported: it reads them once).
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    ray = pytest.importorskip("ray")
+    cli = str(Path(sys.executable).with_name("ray"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    subprocess.run(
+        [cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        check=True, capture_output=True, env=env,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        yield address
+    finally:
+        ray.shutdown()
+        subprocess.run([cli, "stop", "--force"], capture_output=True, env=env)

@@ -1,0 +1,177 @@
+"""The data stage end to end on Ray: accounting, dedup, split, determinism, resume, a real cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import pydoc_data.topics
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from launch.config import load_config
+from launch.stages import data_stage
+from pipeline.runner import Runner, read_manifest
+
+GPT1 = str(Path(sys.executable).with_name("gpt1"))
+TOPICS = [t for _, t in sorted(pydoc_data.topics.topics.items()) if len(t) > 3000][:12]
+
+
+def make_corpus(root: Path, topics: list[str] = TOPICS) -> Path:
+    """Two sources in real formats, with every kind of fault and both kinds of duplicate."""
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    lines = [json.dumps({"text": t, "title": f"topic {i}"}) for i, t in enumerate(topics[:-3])]
+    words = topics[0].split()
+    words[len(words) // 2] = "CHANGED"
+    lines += [
+        json.dumps({"text": "  " + topics[1].upper().replace(" ", "   ")}),  # exact duplicate once normalised
+        json.dumps({"text": " ".join(words)}),  # near duplicate of the first document
+        '{"text": "broken',  # malformed
+        json.dumps({"body": "no text field"}),
+        json.dumps({"text": "Too short."}),
+    ]
+    (root / "a" / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    for i, text in enumerate(topics[-3:]):
+        (root / "b" / f"doc{i}.txt").write_text(text)
+    (root / "b" / "empty.txt").write_bytes(b"")
+    (root / "b" / "blob.txt").write_bytes(b"\x00\x01\x02binary" * 100)
+    return root
+
+
+def corpus_config(root: Path, write_config, extra: str = "") -> Path:
+    return write_config(
+        f"""
+run: {{name: t, out_dir: {root / "runs"}}}
+data:
+  sources:
+    - {{name: json, paths: ["{root}/a/*.jsonl"]}}
+    - {{name: text, paths: ["{root}/b/*"], format: txt}}
+  val_fraction: 0.3
+  dedup: {{near: true}}
+  clean: {{mean_word_length: null, min_alpha_words: 0.5, max_symbol_ratio: 1.0, max_duplicate_lines: null,
+           max_top_ngram: {{}}, max_duplicate_ngrams: {{}}}}
+{extra}
+"""
+    )
+
+
+def run_data(path: Path, *overrides: str):
+    cfg = load_config(path, list(overrides))
+    (outcome,) = Runner(cfg.run_dir).run([data_stage(cfg)])
+    return outcome
+
+
+def rows(folder: Path, split: str) -> list[dict]:
+    return [r for f in sorted((folder / split).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+def test_every_document_is_kept_rejected_or_a_duplicate(ray_address, tmp_path, write_config):
+    outcome = run_data(corpus_config(make_corpus(tmp_path), write_config))
+    counts = outcome.manifest["counts"]
+    json_src, text_src = counts["sources"]["json"], counts["sources"]["text"]
+    assert json_src == {"in": 14, "kept": 9, "train": json_src["train"], "val": json_src["val"], "duplicates": 2,
+                        "rejected": {"malformed_json": 1, "missing_field": 1, "too_short": 1}}  # fmt: skip
+    assert text_src["in"] == 5 and text_src["kept"] == 3
+    assert text_src["rejected"] == {"binary_file": 1, "empty_file": 1}
+    assert counts["in"] == 19 and counts["kept"] == 12 and counts["train"] + counts["val"] == 12
+
+    rejects = {r["reason"]: r for r in rows(outcome.dir, "rejects")}
+    assert rejects["malformed_json"]["detail"].startswith("line 12:")
+    assert rejects["exact_duplicate"]["detail"].endswith("docs.jsonl:2")
+    assert rejects["near_duplicate"]["detail"].endswith("docs.jsonl:1")
+    kept = rows(outcome.dir, "train") + rows(outcome.dir, "val")
+    assert len({r["id"] for r in kept}) == 12
+    assert {json.loads(r["meta"]).get("title") for r in kept if r["source"] == "json"} >= {"topic 0", "topic 1"}
+
+
+def test_split_is_chosen_by_text_so_reruns_and_sources_agree(ray_address, tmp_path, write_config):
+    root = make_corpus(tmp_path)
+    first = run_data(corpus_config(root, write_config))
+    again = run_data(corpus_config(root, write_config), f"run.out_dir={tmp_path / 'other'}")
+    assert {r["id"] for r in rows(first.dir, "val")} == {r["id"] for r in rows(again.dir, "val")}
+    assert 0 < len(rows(first.dir, "val")) < 12
+
+
+def test_output_is_identical_whatever_the_number_of_workers(ray_address, tmp_path, write_config):
+    root = make_corpus(tmp_path)
+    one = run_data(corpus_config(root, write_config), "data.num_workers=1", f"run.out_dir={tmp_path / 'w1'}")
+    two = run_data(corpus_config(root, write_config), "data.num_workers=3", f"run.out_dir={tmp_path / 'w3'}")
+    assert one.dir.name == two.dir.name, "worker count is not part of the stage's identity"
+    assert one.manifest["files"] == two.manifest["files"]
+
+
+def test_limit_caps_each_source_in_order(ray_address, tmp_path, write_config):
+    root = make_corpus(tmp_path)
+    outcome = run_data(corpus_config(root, write_config), "data.sources.1.limit=2")
+    text = outcome.manifest["counts"]["sources"]["text"]
+    assert text["in"] == 2, "blob.txt and doc0.txt are the first two files in order"
+    assert text["rejected"] == {"binary_file": 1} and text["kept"] == 1
+
+
+def test_missing_path_is_one_clear_error_before_any_work(tmp_path, write_config):
+    cfg = write_config(
+        f"run: {{out_dir: {tmp_path}}}\ndata: {{sources: [{{name: a, paths: [{tmp_path}/nope/*.txt]}}]}}\n"
+    )
+    proc = subprocess.run(
+        [GPT1, "data", str(cfg)], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: data.sources[a]: no file matches '{tmp_path}/nope/*.txt'"], proc.stderr
+    assert not list(tmp_path.glob("default/data/*/train"))
+
+
+def test_cluster_at_ray_address_gives_the_local_default_output(ray_address, tmp_path, write_config):
+    cfg = corpus_config(make_corpus(tmp_path), write_config)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    dirs = []
+    for name, extra in (("cluster", ["--ray-address", ray_address]), ("local", [])):
+        out = tmp_path / name
+        proc = subprocess.run([GPT1, "data", str(cfg), "--set", f"run.out_dir={out}", *extra],
+                              capture_output=True, text=True, env=env, timeout=240)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        dirs.append(Path(proc.stdout.strip().splitlines()[-1]))
+        assert "rejected: malformed_json" in proc.stderr + proc.stdout
+    cluster, local = (read_manifest(d) for d in dirs)
+    assert cluster["files"] == local["files"] and cluster["counts"] == local["counts"]
+
+
+def test_killed_run_resumes_to_the_same_output(ray_address, tmp_path, write_config):
+    topics = [t for _, t in sorted(pydoc_data.topics.topics.items()) if len(t) > 1500]
+    root = make_corpus(tmp_path, topics)
+    for i in range(40):  # enough partitions that the kill lands in the middle
+        (root / "b" / f"more{i:02d}.txt").write_text(topics[i % len(topics)] + f"\n\nCopy {i}.")
+    cfg = corpus_config(root, write_config, "  num_workers: 1")
+    proc = subprocess.Popen([GPT1, "data", str(cfg), "--ray-address", ray_address],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((root / "runs").glob("t/data/*/work/part-*.parquet")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (folder,) = (root / "runs" / "t" / "data").glob("*/")
+    assert read_manifest(folder) is None and list(folder.glob("work/part-*.parquet")), "killed mid-run"
+
+    resumed = run_data(cfg)
+    fresh = run_data(cfg, f"run.out_dir={tmp_path / 'fresh'}")
+    assert resumed.dir == folder
+    assert resumed.manifest["files"] == fresh.manifest["files"]
+    assert resumed.manifest["counts"] == fresh.manifest["counts"]
+    assert not (folder / "work").exists()
+
+
+@pytest.mark.timeout(300)
+def test_tiny_config_data_stage_runs_from_the_command_line(ray_address, tmp_path):
+    proc = subprocess.run(
+        [GPT1, "data", "configs/tiny.yaml", "--set", f"run.out_dir={tmp_path}", "--ray-address", ray_address],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=280,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    manifest = read_manifest(Path(proc.stdout.strip().splitlines()[-1]))
+    assert manifest["counts"]["kept"] > 300 and manifest["counts"]["sources"]["builtin"]["in"] > 600
