@@ -219,6 +219,8 @@ class Runner:
         (folder / MANIFEST).unlink(missing_ok=True)
         if folder.exists() and not (stage.resumable and stage.name not in self.force):
             shutil.rmtree(folder)
+        elif folder.exists():
+            log.info("%s: resuming what an interrupted run left in %s", stage.name, folder)
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob(f".{MANIFEST}.*.tmp"):
             stale.unlink()
