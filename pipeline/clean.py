@@ -58,7 +58,7 @@ def build_steps(cfg: CleanConfig) -> list[Step]:
     """The configured steps, in order: cheap length check, repair, normalise, then quality rules."""
     steps: list[Step] = []
     if cfg.max_chars is not None:
-        steps.append(Filter("too_long", _above(len, cfg.max_chars, "characters")))
+        steps.append(Filter("too_long", _bounded(len, high=cfg.max_chars, unit="characters")))
     if cfg.fix_unicode:
         steps.append(Formatter("fix_unicode", fix_unicode))
     steps.append(Formatter("strip_control", lambda t: CONTROL.sub("", t)))
@@ -66,21 +66,29 @@ def build_steps(cfg: CleanConfig) -> list[Step]:
         steps.append(Formatter("boilerplate", boilerplate_remover(cfg.boilerplate_patterns)))
     steps.append(Formatter("whitespace", normalize_whitespace))
     if cfg.min_chars is not None:
-        steps.append(Filter("too_short", _below(len, cfg.min_chars, "characters")))
+        steps.append(Filter("too_short", _bounded(len, low=cfg.min_chars, unit="characters")))
     if cfg.min_words is not None:
-        steps.append(Filter("too_few_words", _below(lambda t: len(t.split()), cfg.min_words, "words")))
+        steps.append(Filter("too_few_words", _bounded(lambda t: len(t.split()), low=cfg.min_words, unit="words")))
     if cfg.mean_word_length is not None:
-        steps.append(Filter("mean_word_length", _outside(mean_word_length, cfg.mean_word_length)))
+        steps.append(Filter("mean_word_length", _bounded(mean_word_length, *cfg.mean_word_length)))
     if cfg.max_symbol_ratio is not None:
-        steps.append(Filter("symbol_ratio", _above(symbol_ratio, cfg.max_symbol_ratio, "symbols per word")))
+        steps.append(Filter("symbol_ratio", _bounded(symbol_ratio, high=cfg.max_symbol_ratio, unit="symbols per word")))
     if cfg.min_alpha_words is not None:
-        steps.append(Filter("alpha_words", _below(alpha_word_fraction, cfg.min_alpha_words, "alphabetic words")))
+        steps.append(
+            Filter("alpha_words", _bounded(alpha_word_fraction, low=cfg.min_alpha_words, unit="alphabetic words"))
+        )
     if cfg.max_duplicate_lines is not None:
-        steps.append(Filter("duplicate_lines", _above(duplicate_line_fraction, cfg.max_duplicate_lines, "repeated")))
+        steps.append(
+            Filter("duplicate_lines", _bounded(duplicate_line_fraction, high=cfg.max_duplicate_lines, unit="repeated"))
+        )
     for n, limit in sorted(cfg.max_top_ngram.items()):
-        steps.append(Filter(f"top_{n}gram", _above(lambda t, n=n: top_ngram_fraction(t, n), limit, "of characters")))
+        steps.append(
+            Filter(f"top_{n}gram", _bounded(lambda t, n=n: top_ngram_fraction(t, n), high=limit, unit="of characters"))
+        )
     for n, limit in sorted(cfg.max_duplicate_ngrams.items()):
-        steps.append(Filter(f"dup_{n}gram", _above(lambda t, n=n: dup_ngram_fraction(t, n), limit, "of characters")))
+        steps.append(
+            Filter(f"dup_{n}gram", _bounded(lambda t, n=n: dup_ngram_fraction(t, n), high=limit, unit="of characters"))
+        )
     if cfg.languages:
         steps.append(Filter("language", language_filter(cfg.languages, cfg.min_language_score)))
     return steps
@@ -139,24 +147,26 @@ def duplicate_line_fraction(text: str) -> float:
     return (len(lines) - len(set(lines))) / max(1, len(lines))
 
 
+def _word_ngrams(text: str, n: int) -> tuple[list[str], list[tuple[str, ...]], int]:
+    """Lower-cased words, their n-grams, and the number of word characters."""
+    words = text.lower().split()
+    return words, list(zip(*(words[i:] for i in range(n)))), sum(map(len, words))
+
+
 def top_ngram_fraction(text: str, n: int) -> float:
     """Share of word characters covered by the most frequent word n-gram."""
-    words = text.lower().split()
-    total = sum(map(len, words))
-    if len(words) < n or not total:
+    _, grams, total = _word_ngrams(text, n)
+    if not grams or not total:
         return 0.0
-    counts = Counter(zip(*(words[i:] for i in range(n))))
-    gram, count = counts.most_common(1)[0]
+    gram, count = Counter(grams).most_common(1)[0]
     return count * sum(map(len, gram)) / total if count > 1 else 0.0
 
 
 def dup_ngram_fraction(text: str, n: int) -> float:
     """Share of word characters inside word n-grams that occur more than once."""
-    words = text.lower().split()
-    total = sum(map(len, words))
-    if len(words) < n or not total:
+    words, grams, total = _word_ngrams(text, n)
+    if not grams or not total:
         return 0.0
-    grams = list(zip(*(words[i:] for i in range(n))))
     counts = Counter(grams)
     covered = bytearray(len(words))
     for start, gram in enumerate(grams):
@@ -184,27 +194,19 @@ def language_filter(languages: list[str], min_score: float) -> Callable[[str], s
 # Thresholds as filters ----------------------------------------------------------------------------
 
 
-def _above(measure: Callable[[str], float], limit: float, unit: str) -> Callable[[str], str | None]:
-    def check(text: str) -> str | None:
-        value = measure(text)
-        return f"{value:.3g} {unit} > {limit:g}" if value > limit else None
-
-    return check
-
-
-def _below(measure: Callable[[str], float], limit: float, unit: str) -> Callable[[str], str | None]:
-    def check(text: str) -> str | None:
-        value = measure(text)
-        return f"{value:.3g} {unit} < {limit:g}" if value < limit else None
-
-    return check
-
-
-def _outside(measure: Callable[[str], float], bounds: tuple[float, float]) -> Callable[[str], str | None]:
-    low, high = bounds
+def _bounded(
+    measure: Callable[[str], float], low: float | None = None, high: float | None = None, unit: str = ""
+) -> Callable[[str], str | None]:
+    """A filter check: reject when the measure falls below `low` or above `high`, saying by how much."""
 
     def check(text: str) -> str | None:
         value = measure(text)
-        return None if low <= value <= high else f"{value:.3g} outside [{low:g}, {high:g}]"
+        if low is not None and high is not None:
+            return None if low <= value <= high else f"{value:.3g} outside [{low:g}, {high:g}]"
+        if high is not None and value > high:
+            return f"{value:.3g} {unit} > {high:g}"
+        if low is not None and value < low:
+            return f"{value:.3g} {unit} < {low:g}"
+        return None
 
     return check

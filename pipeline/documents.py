@@ -30,8 +30,8 @@ class Doc:
     detail: str = ""
 
     @classmethod
-    def rejected(cls, id: str, source: str, reason: str, detail: str = "", text: str = "") -> Doc:
-        return cls(id, source, text, reason=reason, detail=detail)
+    def rejected(cls, id: str, source: str, reason: str, detail: str = "") -> Doc:
+        return cls(id, source, "", reason=reason, detail=detail)
 
     def reject(self, reason: str, detail: str = "") -> Doc:
         self.reason, self.detail = reason, detail
