@@ -20,8 +20,9 @@ from rich.table import Table
 
 from launch.config import Config, ConfigError, dump_config, load_config
 from launch.log import console, setup_logging
-from launch.stages import build_chain, data_stage
-from pipeline.runner import Runner, StageError, StageOutcome
+from launch.stages import build_chain, data_stage, tokenizer_stage
+from pipeline.runner import Runner, StageError, StageOutcome, read_manifest
+from tokenizer.bpe import BPETokenizer, TokenizerError
 
 log = logging.getLogger("gpt1")
 
@@ -34,6 +35,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+tokenizer_app = typer.Typer(help="Train, use and measure the BPE tokenizer.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file, e.g. configs/tiny.yaml.", show_default=False)]
 RayAddressOpt = Annotated[
@@ -43,6 +46,10 @@ RayAddressOpt = Annotated[
         help="Ray cluster to run the data stages on (host:port); default: a local instance.",
     ),
 ]  # fmt: skip
+TokenizerOpt = Annotated[
+    Path, typer.Option("--tokenizer", "-t", help="Tokenizer folder (the tokenizer stage's output).", show_default=False)
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun even if the output is complete.")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable).", show_default=False),
@@ -72,7 +79,7 @@ def user_errors() -> Iterator[None]:
     """Turn a user's mistake into one line per problem on stderr and exit status 2."""
     try:
         yield
-    except (ConfigError, StageError) as e:
+    except (ConfigError, StageError, TokenizerError) as e:
         for line in str(e).splitlines():
             console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -115,7 +122,7 @@ def run(
 def data(
     config: ConfigArg,
     set_: SetOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Rerun even if the output is complete.")] = False,
+    force: ForceOpt = False,
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Ingest, clean, deduplicate and split the configured sources into Parquet (on Ray)."""
@@ -123,6 +130,94 @@ def data(
     (outcome,) = _run_stages(cfg, [data_stage(cfg)], force={"data"} if force else set(), ray_address=ray_address)
     console.print(funnel_table(outcome.manifest["counts"]))
     typer.echo(outcome.dir)
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(config: ConfigArg, set_: SetOpt = None, force: ForceOpt = False,
+                    ray_address: RayAddressOpt = None) -> None:  # fmt: skip
+    """Train BPE on the clean training documents (running the data stage first if needed)."""
+    cfg = load(config, set_)
+    stages = [data_stage(cfg), tokenizer_stage(cfg)]
+    outcome = _run_stages(cfg, stages, force={"tokenizer"} if force else set(), ray_address=ray_address)[-1]
+    console.print(tokenizer_table(outcome.manifest))
+    typer.echo(outcome.dir)
+
+
+@tokenizer_app.command("encode")
+def tokenizer_encode(
+    text: Annotated[str, typer.Argument(help="Text to encode; - reads standard input.", show_default=False)],
+    tokenizer: TokenizerOpt,
+    tokens: Annotated[bool, typer.Option("--tokens", help="Print the tokens beside their ids.")] = False,
+) -> None:
+    """Print the token ids of TEXT, space-separated."""
+    tok = _load_tokenizer(tokenizer)
+    text = sys.stdin.read() if text == "-" else text
+    ids = tok.encode(text)
+    if tokens:
+        for i, token in zip(ids, tok.tokens(text)):
+            typer.echo(f"{i}\t{token!r}")
+    else:
+        typer.echo(" ".join(map(str, ids)))
+
+
+@tokenizer_app.command("decode")
+def tokenizer_decode(
+    ids: Annotated[list[int], typer.Argument(help="Token ids.", show_default=False)], tokenizer: TokenizerOpt
+) -> None:
+    """Print the text of token ids (special tokens left out)."""
+    tok = _load_tokenizer(tokenizer)
+    bad = [i for i in ids if not 0 <= i < tok.vocab_size]
+    if bad:
+        console.print(f"[bold red]error:[/] ids out of range 0..{tok.vocab_size - 1}: {bad[:5]}", highlight=False)
+        raise typer.Exit(2)
+    typer.echo(tok.decode(ids))
+
+
+@tokenizer_app.command("stats")
+def tokenizer_stats(
+    tokenizer: Annotated[Path, typer.Argument(help="Tokenizer folder.", show_default=False)],
+    docs: Annotated[
+        Path | None, typer.Option(help="Measure on these documents: a data-stage split folder (e.g. .../val).",
+                                  show_default=False)] = None,
+) -> None:  # fmt: skip
+    """Vocabulary size, tokens per word, bytes per token and unknown-token rate (default: the val split
+    as measured when the tokenizer was trained)."""
+    from pipeline.documents import doc_files, read_texts
+    from tokenizer.stats import corpus_stats
+
+    tok = _load_tokenizer(tokenizer)
+    summary = {"tokenizer": tok.meta, "stats": (read_manifest(tokenizer) or {}).get("stats", {})}
+    if docs is not None:
+        files = doc_files(docs) if docs.is_dir() else [docs]
+        if not files:
+            console.print(f"[bold red]error:[/] {escape(str(docs))}: no part-*.parquet files", highlight=False)
+            raise typer.Exit(2)
+        summary["stats"] = {docs.name: corpus_stats(tok, read_texts(files, desc="encode"))}
+    console.print(tokenizer_table(summary))
+
+
+def _load_tokenizer(folder: Path) -> BPETokenizer:
+    with user_errors():
+        return BPETokenizer.load(folder)
+
+
+def tokenizer_table(summary: dict) -> Table:
+    """The tokenizer's shape and, per measured split, how well it fits."""
+    meta = summary["tokenizer"]
+    table = Table(title=f"tokenizer ({meta['style']})", title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("merges", f"{meta['merges']:,}")
+    table.add_row("vocabulary (with specials)", f"{meta['vocab_size']:,}")
+    table.add_row("special ids", ", ".join(f"{k} {v}" for k, v in meta["specials"].items()), end_section=True)
+    for split, s in summary.get("stats", {}).items():
+        if s is None:
+            continue
+        table.add_row(f"{split}: documents", f"{s['documents']:,}")
+        table.add_row(f"{split}: tokens per word", f"{s['tokens_per_word']:.3f}")
+        table.add_row(f"{split}: bytes per token", f"{s['bytes_per_token']:.3f}")
+        table.add_row(f"{split}: unknown-token rate", f"{s['unknown_rate']:.4%}", end_section=True)
+    return table
 
 
 def _run_stages(

@@ -15,6 +15,15 @@ def data_stage(cfg: Config) -> Stage:
     return Stage("data", {"data": cfg.data}, run, version=1, resumable=True)
 
 
+def tokenizer_stage(cfg: Config) -> Stage:
+    def run(ctx: StageContext) -> dict:
+        from pipeline.tokenizer_stage import run_tokenizer
+
+        return run_tokenizer(cfg.tokenizer, ctx.inputs["data"], ctx.out_dir)
+
+    return Stage("tokenizer", {"tokenizer": cfg.tokenizer}, run, inputs=("data",), version=1)
+
+
 def build_chain(cfg: Config) -> list[Stage]:
     """The stages of a run for this config, in order."""
-    return [data_stage(cfg)]
+    return [data_stage(cfg), tokenizer_stage(cfg)]

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from pipeline.progress import tracked
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,5 @@ def parallel_map(
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
         numbered, compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1
     )
-    results = []
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
-    ) as progress:
-        task = progress.add_task(desc, total=len(rows))
-        for row in dataset.iter_rows():
-            results.append(row)
-            progress.advance(task)
+    results = list(tracked(dataset.iter_rows(), len(rows), desc))
     return sorted(results, key=lambda r: r["item"])

@@ -59,3 +59,13 @@ def ray_address() -> Iterator[str]:
     finally:
         ray.shutdown()
         subprocess.run([cli, "stop", "--force"], capture_output=True, env=env)
+
+
+@pytest.fixture(scope="session")
+def tiny_out(ray_address, tmp_path_factory) -> Path:
+    """An output folder where `configs/tiny.yaml`'s data stage has run; later stages run on top."""
+    out = tmp_path_factory.mktemp("tiny-run")
+    gpt1 = str(Path(sys.executable).with_name("gpt1"))
+    subprocess.run([gpt1, "data", str(CONFIGS / "tiny.yaml"), "--set", f"run.out_dir={out}", "--ray-address",
+                    ray_address], check=True, capture_output=True)  # fmt: skip
+    return out

@@ -16,3 +16,5 @@ class TokenizerConfig(BaseModel):
     """Number of BPE merges to learn (the paper: 40,000)."""
     min_frequency: int = Field(2, gt=0)
     """A pair must occur this often to be merged."""
+    max_alphabet: int = Field(1000, gt=0)
+    """gpt1 style: the most frequent characters kept as base symbols; rarer ones encode as <unk>."""
