@@ -20,8 +20,9 @@ from rich.table import Table
 
 from launch.config import Config, ConfigError, dump_config, load_config
 from launch.log import console, setup_logging
-from launch.stages import build_chain, data_stage, tokenizer_stage
+from launch.stages import build_chain, data_stage, shards_stage, tokenizer_stage
 from pipeline.runner import Runner, StageError, StageOutcome, read_manifest
+from pipeline.shard_format import ShardFormatError
 from tokenizer.bpe import BPETokenizer, TokenizerError
 
 log = logging.getLogger("gpt1")
@@ -37,6 +38,8 @@ config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 tokenizer_app = typer.Typer(help="Train, use and measure the BPE tokenizer.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
+shards_app = typer.Typer(help="Build, check and look into token shards.", no_args_is_help=True)
+app.add_typer(shards_app, name="shards")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file, e.g. configs/tiny.yaml.", show_default=False)]
 RayAddressOpt = Annotated[
@@ -79,7 +82,7 @@ def user_errors() -> Iterator[None]:
     """Turn a user's mistake into one line per problem on stderr and exit status 2."""
     try:
         yield
-    except (ConfigError, StageError, TokenizerError) as e:
+    except (ConfigError, StageError, TokenizerError, ShardFormatError) as e:
         for line in str(e).splitlines():
             console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -218,6 +221,66 @@ def tokenizer_table(summary: dict) -> Table:
         table.add_row(f"{split}: bytes per token", f"{s['bytes_per_token']:.3f}")
         table.add_row(f"{split}: unknown-token rate", f"{s['unknown_rate']:.4%}", end_section=True)
     return table
+
+
+@shards_app.command("build")
+def shards_build(config: ConfigArg, set_: SetOpt = None, force: ForceOpt = False,
+                 ray_address: RayAddressOpt = None) -> None:  # fmt: skip
+    """Tokenize the clean documents and pack them into token shards (running the data and tokenizer
+    stages first if needed). Only document files whose text or tokenizer changed are re-encoded."""
+    cfg = load(config, set_)
+    stages = [data_stage(cfg), tokenizer_stage(cfg), shards_stage(cfg)]
+    outcome = _run_stages(cfg, stages, force={"shards"} if force else set(), ray_address=ray_address)[-1]
+    table = Table(title="shards", title_justify="left")
+    for column in ("split", "tokens", "documents", "shards"):
+        table.add_column(column, justify="right")
+    for split, t in outcome.manifest["splits"].items():
+        table.add_row(split, f"{t['tokens']:,}", f"{t['documents']:,}", str(t["files"]))
+    console.print(table)
+    typer.echo(outcome.dir)
+
+
+ShardsDirArg = Annotated[Path, typer.Argument(help="Shards folder (the shards stage's output).", show_default=False)]
+
+
+@shards_app.command("verify")
+def shards_verify(folder: ShardsDirArg) -> None:
+    """Check every shard's header, size, sha256 and token ids; exit 1 with one line per fault."""
+    from pipeline.shards import verify
+
+    with user_errors():
+        faults = verify(folder)
+    for fault in faults:
+        console.print(f"[bold red]fault:[/] {escape(fault)}", highlight=False, soft_wrap=True)
+    if faults:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {folder}")
+
+
+@shards_app.command("inspect")
+def shards_inspect(
+    folder: ShardsDirArg,
+    tokenizer: Annotated[Path | None, typer.Option("--tokenizer", "-t", help="Tokenizer folder for the sample "
+                         "(default: the one the shards were built with).", show_default=False)] = None,
+) -> None:  # fmt: skip
+    """Token and document counts, document length histogram, and a decoded sample per split."""
+    from pipeline.shard_format import read_index
+    from pipeline.shards import inspect
+
+    with user_errors():
+        report = inspect(folder)
+        tok = _load_tokenizer(tokenizer or Path(read_index(folder)["tokenizer"]["dir"]))
+    for split, r in report.items():
+        console.print(f"[bold]{split}[/]: {r['tokens']:,} tokens, {r['documents']:,} documents, {r['shards']} shards, "
+                      f"mean document {r['mean_length']:.0f} tokens", highlight=False)  # fmt: skip
+        table = Table()
+        table.add_column("document tokens", justify="right")
+        table.add_column("documents", justify="right")
+        for lo, hi, n in r["length_histogram"]:
+            if n:
+                table.add_row(f"{lo:,}-{hi - 1:,}", f"{n:,}")
+        console.print(table)
+        console.print(f"[bold]{split} sample:[/] {escape(tok.decode(r['sample']))!r}", highlight=False)
 
 
 def _run_stages(

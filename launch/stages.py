@@ -24,6 +24,15 @@ def tokenizer_stage(cfg: Config) -> Stage:
     return Stage("tokenizer", {"tokenizer": cfg.tokenizer}, run, inputs=("data",), version=1)
 
 
+def shards_stage(cfg: Config) -> Stage:
+    def run(ctx: StageContext) -> dict:
+        from pipeline.shards import run_shards
+
+        return run_shards(cfg.shards, ctx.inputs["data"], ctx.inputs["tokenizer"], ctx.out_dir)
+
+    return Stage("shards", {"shards": cfg.shards}, run, inputs=("data", "tokenizer"), version=1)
+
+
 def build_chain(cfg: Config) -> list[Stage]:
     """The stages of a run for this config, in order."""
-    return [data_stage(cfg), tokenizer_stage(cfg)]
+    return [data_stage(cfg), tokenizer_stage(cfg), shards_stage(cfg)]

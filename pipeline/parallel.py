@@ -27,14 +27,25 @@ def ensure_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     log.info("ray: %s", "starting a local instance" if address == "local" else f"connecting to {address}")
     quiet = logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.ERROR
+    if quiet == logging.ERROR:
+        # Ray's C++ core logs advisory "errors" (e.g. about actor constructor arguments that Ray
+        # Data itself puts in the object store); real failures still surface as Python exceptions.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=quiet)
 
 
 def parallel_map(
-    items: list[dict[str, Any]], fn: Callable[[dict[str, Any]], dict[str, Any]], workers: int, desc: str
+    items: list[dict[str, Any]],
+    fn: Callable[[dict[str, Any]], dict[str, Any]] | type,
+    workers: int,
+    desc: str,
+    init: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """`fn` applied to every item on Ray Data, at most `workers` at a time; results in item order.
     Connects to Ray first if this process is not connected yet.
+
+    When `fn` is a class, a pool of `workers` actors each builds one `fn(**init)` and calls it per
+    item: for state that is costly to load (a tokenizer), loaded once per actor.
 
     Items and results are rows of plain values (Arrow types). Each item is its own block, so one
     slow item never holds back the others.
@@ -51,11 +62,33 @@ def parallel_map(
     context.print_on_execution_start = False
     rows = [{"item": i, **item} for i, item in enumerate(items)]
 
-    def numbered(row: dict[str, Any]) -> dict[str, Any]:
-        return {**fn(row), "item": row["item"]}
-
-    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
-        numbered, compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1
-    )
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    if isinstance(fn, type):
+        pool = ray.data.ActorPoolStrategy(size=min(workers, len(rows)))
+        dataset = dataset.map(_actor_class(fn, init or {}), compute=pool, num_cpus=1)
+    else:
+        dataset = dataset.map(_numbered(fn), compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1)
     results = list(tracked(dataset.iter_rows(), len(rows), desc))
     return sorted(results, key=lambda r: r["item"])
+
+
+def _numbered(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """`fn`, keeping the item number in its result."""
+
+    def run(row: dict[str, Any]) -> dict[str, Any]:
+        return {**fn(row), "item": row["item"]}
+
+    return run
+
+
+def _actor_class(cls: type, init: dict[str, Any]) -> type:
+    """An actor class that builds `cls(**init)` once per actor and numbers its results."""
+
+    class Numbered:
+        def __init__(self) -> None:
+            self.run = _numbered(cls(**init))
+
+        def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+            return self.run(row)
+
+    return Numbered

@@ -10,6 +10,8 @@ class TokenizerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
+    path: str | None = None
+    """Use this trained tokenizer folder instead of training one: ids stay fixed while data changes."""
     style: Literal["gpt1", "bytelevel"] = "gpt1"
     """gpt1: the paper's lower-cased words with </w> suffixes; bytelevel: GPT-2 style bytes, no <unk>."""
     merges: int = Field(40_000, gt=0)
