@@ -1,0 +1,119 @@
+"""GPT-1 (Radford et al., 2018) in plain PyTorch: the architecture only.
+
+A decoder-only transformer: learned token and position embeddings, post-LayerNorm blocks
+(x = LN(x + attention(x)); x = LN(x + MLP(x))), GELU (tanh form), dropout on embeddings,
+attention weights and residual branches, weights drawn from N(0, 0.02), and an output projection
+tied to the token embedding. No final LayerNorm. Parameter names follow `transformers`'
+`OpenAIGPTModel`, so export is a rename-free transpose of the projection weights.
+
+`forward` returns the final hidden states and the LM logits; task heads (in `eval/`) read the
+hidden states, the pretraining loss reads the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.config import ModelConfig
+
+
+class Output(NamedTuple):
+    hidden: torch.Tensor  # (B, T, C) final hidden states
+    logits: torch.Tensor  # (B, T, V) next-token logits
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # Causal attention; flash or memory-efficient kernels on GPU.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        inner = cfg.n_inner or 4 * cfg.n_embd
+        self.c_fc = nn.Linear(cfg.n_embd, inner)
+        self.c_proj = nn.Linear(inner, cfg.n_embd)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.ln_1(x + self.attn(x))  # post-LayerNorm, as GPT-1 (GPT-2 moved it before)
+        return self.ln_2(x + self.mlp(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("model.vocab_size is not set (it comes from the tokenizer)")
+        self.cfg = cfg
+        self.tokens_embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.positions_embed = nn.Embedding(cfg.n_positions, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.apply(self._init)
+
+    def _init(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor) -> Output:
+        """idx: (B, T) token ids, T <= n_positions."""
+        T = idx.size(1)
+        if self.cfg.n_positions < T:
+            raise ValueError(f"sequence of {T} tokens is longer than the {self.cfg.n_positions} positions")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.tokens_embed(idx) + self.positions_embed(pos))  # (B, T, C)
+        for block in self.h:
+            x = block(x)
+        logits = x @ self.tokens_embed.weight.T  # (B, T, V), tied to the input embedding
+        return Output(x, logits)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 per parameter plus attention's 12 · layers · width · context
+        (PaLM's appendix B), for MFU."""
+        return 6 * self.num_params() + 12 * self.cfg.n_layer * self.cfg.n_embd * seq_len
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy; targets < 0 are ignored (padding)."""
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
