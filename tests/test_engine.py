@@ -1,0 +1,57 @@
+"""DeepSpeed config, optimizer groups and learning-rate schedule built from our typed config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.config import DeepSpeedConfig, ModelConfig, TrainConfig
+from training.engine import accumulation_steps, deepspeed_config, lr_schedule, param_groups, resolve_precision
+from training.model import GPT
+
+
+def test_accumulation_makes_up_the_global_batch_on_any_world_size():
+    train = TrainConfig(global_batch=64, micro_batch=8)
+    assert [accumulation_steps(train, w) for w in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    with pytest.raises(ValueError, match=r"not a multiple of train.micro_batch \(8\) × 3 processes"):
+        accumulation_steps(train, 3)
+
+
+def test_deepspeed_config_holds_our_fields_and_passes_extra_keys_through():
+    train = TrainConfig(global_batch=64, micro_batch=16, grad_clip=1.0)
+    extra = {"zero_optimization": {"overlap_comm": True}, "comms_logger": {"enabled": True}}
+    config = deepspeed_config(train, DeepSpeedConfig(zero_stage=2, extra=extra), world_size=2, precision="bf16")
+    assert config["train_batch_size"] == 64 and config["gradient_accumulation_steps"] == 2
+    assert config["zero_optimization"] == {"stage": 2, "overlap_comm": True}
+    assert config["comms_logger"] == {"enabled": True}
+    assert config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+
+
+def test_extra_keys_may_not_override_fields_we_own():
+    ds = DeepSpeedConfig(extra={"train_batch_size": 32, "zero_optimization": {"stage": 3}})
+    with pytest.raises(ValueError, match=r"train_batch_size, zero_optimization\.stage"):
+        deepspeed_config(TrainConfig(), ds, 1, "fp32")
+
+
+def test_weight_decay_skips_biases_and_gains():
+    model = GPT(ModelConfig(preset="debug", vocab_size=50, n_positions=16))
+    decay, no_decay = param_groups(model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert any(p is model.tokens_embed.weight for p in decay["params"])
+
+
+def test_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
+    train = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    factor = lr_schedule(train, total_steps=110)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert factor(110) == pytest.approx(0.1) and factor(500) == pytest.approx(0.1)
+    assert all(factor(s) >= factor(s + 1) for s in range(10, 110))
+
+
+def test_half_precision_on_cpu_falls_back_to_fp32():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "fp32"

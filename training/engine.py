@@ -1,0 +1,107 @@
+"""The DeepSpeed pieces we own, built from our typed config: batch arithmetic, precision, ZeRO,
+AdamW parameter groups and the learning-rate schedule. Every other DeepSpeed key passes through
+`deepspeed.extra` untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.config import DeepSpeedConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Keys this module sets from `train`/`deepspeed`; `deepspeed.extra` may not set them a second way.
+OWNED = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping",
+         "zero_optimization.stage", "bf16", "fp16", "optimizer", "scheduler")  # fmt: skip
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` is bf16 on a GPU that has it, else fp32; fp16/bf16 on CPU fall back to fp32 with a warning."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "fp32" and device.type != "cuda":
+        log.warning("train.precision=%s needs a GPU; using fp32 on %s", precision, device.type)
+        return "fp32"
+    return precision
+
+
+def accumulation_steps(train: TrainConfig, world_size: int) -> int:
+    """Micro-batches per process per optimizer step, so that micro × steps × processes = global batch."""
+    per_step = train.micro_batch * world_size
+    if train.global_batch % per_step:
+        raise ValueError(
+            f"train.global_batch ({train.global_batch}) is not a multiple of train.micro_batch ({train.micro_batch}) "
+            f"× {world_size} processes; choose a micro_batch that divides {train.global_batch // world_size or 1}"
+        )
+    return train.global_batch // per_step
+
+
+def deepspeed_config(train: TrainConfig, ds: DeepSpeedConfig, world_size: int, precision: str) -> dict[str, Any]:
+    """The DeepSpeed config dict: our fields first, then `ds.extra` merged in (deeply)."""
+    config: dict[str, Any] = {
+        "train_batch_size": train.global_batch,
+        "train_micro_batch_size_per_gpu": train.micro_batch,
+        "gradient_accumulation_steps": accumulation_steps(train, world_size),
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "steps_per_print": 1 << 30,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+    clashes = [key for key in OWNED if _has(ds.extra, key)]
+    if clashes:
+        raise ValueError(
+            f"deepspeed.extra sets {', '.join(clashes)}, which come from train/deepspeed fields "
+            "(global_batch, micro_batch, grad_clip, precision, zero_stage, lr ...): set those instead"
+        )
+    return _merge(config, ds.extra)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decoupled weight decay on weight matrices and embeddings; none on biases and LayerNorm gains."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; the fused kernel where the device has one."""
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=train.betas, fused=fused)
+
+
+def lr_schedule(train: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of train.lr at a step: linear warm-up from 0, then cosine down to min_lr at the end."""
+    floor = train.min_lr / train.lr
+
+    def factor(step: int) -> float:
+        if step < train.warmup_steps:
+            return (step + 1) / train.warmup_steps
+        progress = min(1.0, (step - train.warmup_steps) / max(1, total_steps - train.warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _has(config: dict[str, Any], dotted: str) -> bool:
+    head, _, rest = dotted.partition(".")
+    if head not in config:
+        return False
+    return not rest or (isinstance(config[head], dict) and _has(config[head], rest))
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
