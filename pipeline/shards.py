@@ -29,6 +29,7 @@ from pipeline.documents import READ_BATCH, doc_files
 from pipeline.parallel import parallel_map
 from pipeline.runner import StageError, read_manifest, sha256_file, write_json_atomic
 from pipeline.shard_format import (
+    HEADER_BYTES,
     INDEX,
     VERSION,
     ShardFormatError,
@@ -66,8 +67,8 @@ def run_shards(cfg: ShardsConfig, data_dir: Path, tokenizer_dir: Path, out: Path
                 todo.append({"doc_file": str(doc_file), "stream": str(stream)})
     if not any(streams.values()):
         raise StageError(f"{data_dir}: no documents to tokenize")
-    log.info("shards: %d document files to encode, %d already in the cache", len(todo),
-             sum(map(len, streams.values())) - len(todo))  # fmt: skip
+    reused = sum(map(len, streams.values())) - len(todo)
+    log.info("shards: %d document files to encode, %d already in the cache", len(todo), reused)
     results = parallel_map(todo, Encoder, cfg.num_workers, "shards: tokenize", init={"tokenizer": str(tokenizer_dir)})
     failed = [r["error"] for r in results if r["error"]]
     if failed:
@@ -87,7 +88,7 @@ def run_shards(cfg: ShardsConfig, data_dir: Path, tokenizer_dir: Path, out: Path
     totals = {s: {k: v for k, v in info.items() if k != "shards"} for s, info in splits.items()}
     log.info("shards: %s", ", ".join(f"{s} {t['tokens']:,} tokens in {t['files']} shards" for s, t in totals.items()))
     return {"index": {k: v for k, v in index.items() if k != "splits"}, "splits": totals,
-            "encoded": {"files": len(todo), "reused": sum(map(len, streams.values())) - len(todo)}}  # fmt: skip
+            "encoded": {"files": len(todo), "reused": reused}}  # fmt: skip
 
 
 class Encoder:
@@ -180,9 +181,13 @@ def _check(path: Path, shard: dict[str, Any], vocab_size: int) -> None:
     if header.tokens != shard["tokens"]:
         raise ShardFormatError(f"{path}: {header.tokens:,} tokens in the header, {shard['tokens']:,} in {INDEX}")
     tokens = open_tokens(path)  # checks the size against the header
-    if sha256_file(path) != shard["sha256"]:
+    with open(path, "rb") as f:
+        digest, top = hashlib.sha256(f.read(HEADER_BYTES)), 0  # the file's own header bytes, padding included
+    for piece in _slices(tokens):
+        digest.update(np.ascontiguousarray(piece).tobytes())
+        top = max(top, int(piece.max()))
+    if digest.hexdigest() != shard["sha256"]:
         raise ShardFormatError(f"{path}: sha256 differs from {INDEX} (the file changed after it was written)")
-    top = max((int(piece.max()) for piece in _slices(tokens)), default=0)
     if top >= vocab_size:
         raise ShardFormatError(f"{path}: token id {top} is not below the vocabulary size {vocab_size}")
 
