@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+
 from launch.config import Config
-from pipeline.runner import Stage, StageContext
+from pipeline.runner import Stage, StageContext, StageError, write_json_atomic
+
+JOB = "job.json"
+RESULT = "result.json"  # written by the last training process when the last step is done
+
+# Starts training from a job file and returns when it has finished (a launcher).
+Start = Callable[[Path], None]
 
 
 def data_stage(cfg: Config) -> Stage:
@@ -33,6 +43,39 @@ def shards_stage(cfg: Config) -> Stage:
     return Stage("shards", {"shards": cfg.shards}, run, inputs=("data", "tokenizer"), version=1)
 
 
-def build_chain(cfg: Config) -> list[Stage]:
-    """The stages of a run for this config, in order."""
-    return [data_stage(cfg), tokenizer_stage(cfg), shards_stage(cfg)]
+def write_job(cfg: Config, tokenizer: Path, shards: Path, out: Path) -> Path:
+    """The job every training process reads: model, train and deepspeed sections, absolute paths,
+    and the vocabulary size of the tokenizer the shards were built with."""
+    from pipeline.shard_format import read_index
+    from training.config import TrainJob
+
+    vocab = read_index(shards)["vocab_size"]
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size < vocab:
+        raise StageError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's {vocab} ids")
+    job = TrainJob(model=cfg.model.model_copy(update={"vocab_size": cfg.model.vocab_size or vocab}),
+                   train=cfg.train, deepspeed=cfg.deepspeed, shards=shards.resolve(), tokenizer=tokenizer.resolve(),
+                   out=out.resolve(), seed=cfg.run.seed)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / JOB, job.model_dump(mode="json"))
+    return out / JOB
+
+
+def pretrain_stage(cfg: Config, start: Start) -> Stage:
+    """Pretraining, started by `start` (a launcher); an interrupted attempt resumes from its latest
+    checkpoint. A job finished elsewhere (e.g. under SLURM) is only recorded."""
+
+    def run(ctx: StageContext) -> dict:
+        result = ctx.out_dir / RESULT
+        if not result.exists():
+            start(write_job(cfg, ctx.inputs["tokenizer"], ctx.inputs["shards"], ctx.out_dir))
+        if not result.exists():
+            raise StageError(f"pretraining ended without writing {result}")
+        return {"result": json.loads(result.read_text())}
+
+    sections = {"model": cfg.model, "train": cfg.train, "deepspeed": cfg.deepspeed, "seed": cfg.run.seed}
+    return Stage("pretrain", sections, run, inputs=("tokenizer", "shards"), version=1, resumable=True)
+
+
+def build_chain(cfg: Config, start: Start) -> list[Stage]:
+    """The stages of a run for this config, in order; `start` launches pretraining."""
+    return [data_stage(cfg), tokenizer_stage(cfg), shards_stage(cfg), pretrain_stage(cfg, start)]

@@ -117,9 +117,14 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that readers see the old file or the whole new one, never a part."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temp file, fsync and rename: readers see the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -185,11 +190,15 @@ class Runner:
                 break
         return outcomes
 
+    def folder(self, stage: Stage) -> Path:
+        """Where `stage` writes, given the outputs of the stages it reads (which must have run)."""
+        digests = {name: self._input(stage, name)[1]["digest"] for name in stage.inputs}
+        return self.run_dir / stage.name / stage_key(stage, digests)
+
     def run_stage(self, stage: Stage) -> StageOutcome:
         inputs = {name: self._input(stage, name) for name in stage.inputs}
-        digests = {name: m["digest"] for name, (_, m) in inputs.items()}
-        key = stage_key(stage, digests)
-        folder = self.run_dir / stage.name / key
+        folder = self.folder(stage)
+        key = folder.name
         folder.parent.mkdir(parents=True, exist_ok=True)
 
         manifest = read_manifest(folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -15,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
+GPT1 = str(Path(sys.executable).with_name("gpt1"))
 
 
 @pytest.fixture
@@ -65,7 +67,26 @@ def ray_address() -> Iterator[str]:
 def tiny_out(ray_address, tmp_path_factory) -> Path:
     """An output folder where `configs/tiny.yaml`'s data stage has run; later stages run on top."""
     out = tmp_path_factory.mktemp("tiny-run")
-    gpt1 = str(Path(sys.executable).with_name("gpt1"))
-    subprocess.run([gpt1, "data", str(CONFIGS / "tiny.yaml"), "--set", f"run.out_dir={out}", "--ray-address",
+    subprocess.run([GPT1, "data", str(CONFIGS / "tiny.yaml"), "--set", f"run.out_dir={out}", "--ray-address",
                     ray_address], check=True, capture_output=True)  # fmt: skip
     return out
+
+
+def build_shards(out: Path, ray_address: str, *args: str) -> subprocess.CompletedProcess:
+    """`gpt1 shards build configs/tiny.yaml` into `out`."""
+    cmd = [GPT1, "shards", "build", str(CONFIGS / "tiny.yaml"), "--set", f"run.out_dir={out}", "--ray-address",
+           ray_address, *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def built(proc: subprocess.CompletedProcess) -> tuple[Path, dict]:
+    """The folder and manifest of a finished `gpt1 ... build`-style command."""
+    assert proc.returncode == 0, proc.stderr
+    folder = Path(proc.stdout.strip().splitlines()[-1])
+    return folder, json.loads((folder / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_out, ray_address) -> tuple[Path, dict]:
+    """`configs/tiny.yaml`'s token shards (and tokenizer), built once in tiny_out."""
+    return built(build_shards(tiny_out, ray_address))

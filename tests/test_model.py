@@ -46,7 +46,7 @@ def test_logits_match_transformers_openai_gpt_with_the_same_weights():
     cfg = tiny(n_layer=3, n_head=4)
     ours = GPT(cfg).eval()
     theirs = OpenAIGPTLMHeadModel(OpenAIGPTConfig(**hf_config(cfg))).eval()
-    missing, unexpected = theirs.load_state_dict(hf_state_dict(ours), strict=False)
+    missing, unexpected = theirs.load_state_dict(hf_state_dict(ours.state_dict()), strict=False)
     assert not unexpected and all(k == "lm_head.weight" or k.endswith(".attn.bias") for k in missing)
     theirs.tie_weights()
     idx = torch.randint(0, 101, (2, 32))

@@ -16,22 +16,9 @@ import pytest
 
 from pipeline.documents import doc_files, read_texts
 from pipeline.shard_format import HEADER_BYTES, MAGIC, VERSION, ShardFormatError, read_header
+from tests.conftest import GPT1, build_shards, built
 from tokenizer.bpe import BPETokenizer
 from training.data import Sampler, TokenWindows
-
-GPT1 = str(Path(sys.executable).with_name("gpt1"))
-
-
-def build(out: Path, ray_address: str, *args: str) -> subprocess.CompletedProcess:
-    cmd = [GPT1, "shards", "build", "configs/tiny.yaml", "--set", f"run.out_dir={out}", "--ray-address",
-           ray_address, *args]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True)
-
-
-def built(proc: subprocess.CompletedProcess) -> tuple[Path, dict]:
-    assert proc.returncode == 0, proc.stderr
-    folder = Path(proc.stdout.strip().splitlines()[-1])
-    return folder, json.loads((folder / "manifest.json").read_text())
 
 
 def expected_stream(manifest: dict, split: str) -> np.ndarray:
@@ -47,9 +34,9 @@ def shard_stream(folder: Path, split: str) -> np.ndarray:
                            for s in index["splits"][split]["shards"]])  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def shards(tiny_out, ray_address) -> tuple[Path, dict]:
-    return built(build(tiny_out, ray_address))
+@pytest.fixture
+def shards(tiny_shards) -> tuple[Path, dict]:
+    return tiny_shards
 
 
 def test_shards_reproduce_the_documents_token_stream(shards):
@@ -132,7 +119,8 @@ def test_build_is_identical_whatever_the_number_of_workers(shards, tiny_out, ray
     reference = (folder / "index.json").read_text()
     for workers in ("1", "2"):
         shutil.rmtree(folder.parent / "cache")
-        again, manifest = built(build(tiny_out, ray_address, "--force", "--set", f"shards.num_workers={workers}"))
+        proc = build_shards(tiny_out, ray_address, "--force", "--set", f"shards.num_workers={workers}")
+        again, manifest = built(proc)
         assert again == folder and manifest["encoded"]["reused"] == 0
         assert (folder / "index.json").read_text() == reference
 
@@ -140,18 +128,18 @@ def test_build_is_identical_whatever_the_number_of_workers(shards, tiny_out, ray
 def test_a_new_tokenizer_reencodes_everything(shards, tiny_out, ray_address):
     _, manifest = shards
     files = manifest["encoded"]["files"] + manifest["encoded"]["reused"]
-    _, retok = built(build(tiny_out, ray_address, "--set", "tokenizer.merges=1900"))
+    _, retok = built(build_shards(tiny_out, ray_address, "--set", "tokenizer.merges=1900"))
     assert retok["encoded"] == {"files": files, "reused": 0}
 
 
 def test_new_data_reencodes_only_the_document_files_that_changed(shards, tiny_out, ray_address):
     folder, manifest = shards
     fixed = ["--set", f"tokenizer.path={manifest['inputs']['tokenizer']['dir']}"]
-    same = build(tiny_out, ray_address, *fixed)
+    same = build_shards(tiny_out, ray_address, *fixed)
     assert built(same)[0] == folder and "shards: skipped" in same.stderr  # same token ids: nothing to do
 
     # Dropping a few short documents changes only the document files that held them.
-    _, recleaned = built(build(tiny_out, ray_address, *fixed, "--set", "data.clean.min_words=40"))
+    _, recleaned = built(build_shards(tiny_out, ray_address, *fixed, "--set", "data.clean.min_words=40"))
     old = json.loads((Path(manifest["inputs"]["data"]["dir"]) / "manifest.json").read_text())
     new = json.loads((Path(recleaned["inputs"]["data"]["dir"]) / "manifest.json").read_text())
     old_files = {f["path"]: f["sha256"] for f in old["files"] if f["path"].startswith(("train/", "val/"))}
@@ -173,7 +161,7 @@ def test_killed_build_resumes_from_the_encoded_files(tiny_out, ray_address):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    folder, manifest = built(build(tiny_out, ray_address, *args))
+    folder, manifest = built(build_shards(tiny_out, ray_address, *args))
     assert manifest["encoded"]["reused"] >= 2
     for split in ("train", "val"):
         assert np.array_equal(shard_stream(folder, split), expected_stream(manifest, split))

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete or not ours. (Defined here, beside the
+    configs, so the CLI can catch it without importing torch.)"""
+
 
 # Model sizes by name. `gpt1` is the paper's; `debug` is small enough for a CPU test in seconds.
 PRESETS: dict[str, dict[str, int]] = {
@@ -113,3 +120,34 @@ class DeepSpeedConfig(BaseModel):
     """ZeRO optimisation stage, 0 (off) to 3."""
     extra: dict[str, Any] = Field(default_factory=dict)
     """Further DeepSpeed config keys, merged into the generated config as they are."""
+
+
+class TrainJob(BaseModel):
+    """One pretraining job: what every process reads from `job.json` in the output folder.
+
+    Launchers write it once; each rank (local, hostfile, SLURM or Ray) starts from it alone, so a
+    rank needs neither the YAML config nor the CLI.
+    """
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    model: ModelConfig
+    """The architecture, with vocab_size taken from the tokenizer."""
+    train: TrainConfig
+    """Batch, schedule, optimiser and cadence."""
+    deepspeed: DeepSpeedConfig
+    """ZeRO stage and DeepSpeed pass-through keys."""
+    shards: Path
+    """Token shards folder (the shards stage's output)."""
+    tokenizer: Path
+    """Tokenizer folder, copied into every checkpoint so it describes itself."""
+    out: Path
+    """Output folder: checkpoints, metrics.jsonl, tensorboard/, result.json."""
+    seed: int = Field(1234, ge=0)
+    """Seed for initialisation, dropout and data order."""
+
+    @model_validator(mode="after")
+    def _vocab_known(self) -> TrainJob:
+        if self.model.vocab_size is None:
+            raise ValueError("model.vocab_size must be set in a job (it comes from the tokenizer)")
+        return self

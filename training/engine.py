@@ -1,6 +1,9 @@
 """The DeepSpeed pieces we own, built from our typed config: batch arithmetic, precision, ZeRO,
 AdamW parameter groups and the learning-rate schedule. Every other DeepSpeed key passes through
 `deepspeed.extra` untouched.
+
+`build_engine` wraps a plain model in a fixed order and never edits it: activation checkpointing
+around each block, then `torch.compile`, then the DeepSpeed engine (ZeRO, precision, accumulation).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.config import DeepSpeedConfig, TrainConfig
+from training.config import DeepSpeedConfig, TrainConfig, TrainJob
+from training.model import GPT, Block
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ def deepspeed_config(train: TrainConfig, ds: DeepSpeedConfig, world_size: int, p
         "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         "steps_per_print": 1 << 30,  # we log ourselves
         "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,  # torch's AdamW under ZeRO
     }
     clashes = [key for key in OWNED if _has(ds.extra, key)]
     if clashes:
@@ -91,6 +96,41 @@ def lr_schedule(train: TrainConfig, total_steps: int) -> Callable[[int], float]:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def wrap(model: GPT, train: TrainConfig) -> GPT:
+    """Activation checkpointing (per block), then torch.compile; parameter names stay the model's
+    (in the state dict; `named_parameters` gains the wrapper's prefix)."""
+    if train.activation_checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+            apply_activation_checkpointing,
+            checkpoint_wrapper,
+        )
+
+        apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper,
+                                       check_fn=lambda m: isinstance(m, Block))  # fmt: skip
+    if train.compile:
+        model.compile()
+    return model
+
+
+def build_engine(job: TrainJob, device: torch.device, world_size: int, total_steps: int) -> tuple[Any, GPT]:
+    """The DeepSpeed engine around a freshly initialised GPT (same weights on every rank), and the
+    model itself (whose parameters the engine trains) for saving."""
+    import deepspeed
+
+    torch.manual_seed(job.seed)
+    model = wrap(GPT(job.model), job.train)
+    precision = resolve_precision(job.train.precision, device)
+    opt = optimizer(model, job.train, device)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(job.train, total_steps))
+    config = deepspeed_config(job.train, job.deepspeed, world_size, precision)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=schedule, config=config,
+                                      dist_init_required=False)  # fmt: skip
+    log.info("model: %s parameters, %s, ZeRO stage %d; %d sequences × %d accumulation × %d processes = %d per step",
+             f"{model.num_params():,}", precision, job.deepspeed.zero_stage, job.train.micro_batch,
+             config["gradient_accumulation_steps"], world_size, job.train.global_batch)  # fmt: skip
+    return engine, model
 
 
 def _has(config: dict[str, Any], dotted: str) -> bool:

@@ -1,4 +1,4 @@
-"""Our GPT-1 weights in `transformers`' `OpenAIGPTLMHeadModel` layout.
+"""Our GPT-1 checkpoints in `transformers`' `OpenAIGPTLMHeadModel` layout.
 
 Names already match `OpenAIGPTModel`; its projections are `Conv1D` layers, which store the weight
 as (in, out), so every linear weight is transposed. The LM head is tied to the token embedding.
@@ -6,10 +6,14 @@ as (in, out), so every linear weight is transposed. The LM head is tied to the t
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import torch
 
+from training.checkpoint import load_weights, resolve
 from training.config import ModelConfig
-from training.model import GPT
 
 
 def hf_config(cfg: ModelConfig) -> dict:
@@ -22,10 +26,26 @@ def hf_config(cfg: ModelConfig) -> dict:
     }  # fmt: skip
 
 
-def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """Tensors keyed as `OpenAIGPTLMHeadModel` expects (the tied `lm_head.weight` left out)."""
+def hf_state_dict(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict keyed as `OpenAIGPTLMHeadModel` expects (the tied `lm_head.weight` left out)."""
     out = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in weights.items():
         is_linear_weight = name.endswith(".weight") and (".c_attn." in name or ".c_proj." in name or ".c_fc." in name)
         out[f"transformer.{name}"] = (tensor.T if is_linear_weight else tensor).contiguous()
+    return out
+
+
+def export_hf(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write `model.safetensors`, `config.json` and the tokenizer files, so that
+    `OpenAIGPTLMHeadModel.from_pretrained(out)` and `AutoTokenizer.from_pretrained(out)` load them."""
+    from safetensors.torch import save_file
+
+    folder = resolve(checkpoint)
+    cfg, weights = load_weights(folder)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(hf_state_dict(weights), out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(hf_config(cfg), indent=2) + "\n")
+    for file in sorted((folder / "tokenizer").iterdir()):
+        shutil.copy2(file, out / file.name)
     return out

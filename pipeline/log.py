@@ -23,8 +23,12 @@ def setup_logging(verbosity: int = 0) -> None:
     if rank != 0:
         level = max(level, logging.WARNING)
     prefix = f"[rank {rank}] " if world > 1 else ""
-    handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
-    logging.basicConfig(level=level, format=prefix + "%(message)s", datefmt="[%X]", handlers=[handler], force=True)
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
+        fmt = prefix + "%(message)s"
+    else:  # a log file or a pipe: whole lines, never wrapped
+        handler, fmt = logging.StreamHandler(), "%(asctime)s %(levelname)s " + prefix + "%(message)s"
+    logging.basicConfig(level=level, format=fmt, datefmt="[%X]", handlers=[handler], force=True)
     # Libraries that narrate every step at INFO are kept to warnings unless asked for debug output.
     for noisy in ("ray", "ray.data", "DeepSpeed", "torch.distributed", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity > 0 else logging.WARNING)

@@ -1,0 +1,179 @@
+"""Launchers: they only find where the processes run and start `python -m training.run JOB.json`
+(or, on Ray, the same `train` function) in each. Training never knows which one started it.
+
+    local   the `deepspeed` launcher on this host, N processes
+    hosts   the `deepspeed` launcher over a hostfile (it reaches the other nodes with pdsh/ssh)
+    slurm   an sbatch script: `srun` starts one process per GPU on every node, no ssh needed
+    ray     Ray Train workers on a Ray cluster
+
+Every value interpolated into a shell script is quoted with `shlex.quote`; `#SBATCH` lines, which
+sbatch reads without a shell, only take values checked against a strict pattern.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class LaunchError(ValueError):
+    """A launcher option or file that cannot be used."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def default_nproc() -> int:
+    """Every visible GPU, or one process on a CPU-only host."""
+    import torch
+
+    return torch.cuda.device_count() or 1
+
+
+def _deepspeed(*args: str, job_file: Path) -> list[str]:
+    return [sys.executable, "-m", "deepspeed.launcher.runner", *args, "--log_level", "warning", "--no_local_rank",
+            "--module", "training.run", str(job_file)]  # fmt: skip
+
+
+def local_command(job_file: Path, nproc: int, master_port: int) -> list[str]:
+    """The `deepspeed` launcher starting `nproc` processes on this host."""
+    if nproc < 1:
+        raise LaunchError(f"--nproc must be at least 1 (got {nproc})")
+    return _deepspeed("--num_nodes", "1", "--num_gpus", str(nproc), "--master_port", str(master_port),
+                      job_file=job_file)  # fmt: skip
+
+
+HOST_LINE = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*)\s+slots=(?P<slots>\d+)$")
+
+
+def read_hostfile(path: Path) -> dict[str, int]:
+    """`host slots=N` per line (DeepSpeed's format); blank lines and `#` comments are skipped."""
+    if not path.is_file():
+        raise LaunchError(f"{path}: hostfile not found")
+    hosts: dict[str, int] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = HOST_LINE.match(line)
+        if not match:
+            raise LaunchError(f"{path}:{number}: expected 'HOST slots=N', got {raw.strip()!r}")
+        host, slots = match["host"], int(match["slots"])
+        if slots < 1:
+            raise LaunchError(f"{path}:{number}: {host} has slots={slots}; it must be at least 1")
+        if host in hosts:
+            raise LaunchError(f"{path}:{number}: {host} is listed twice")
+        hosts[host] = slots
+    if not hosts:
+        raise LaunchError(f"{path}: no hosts listed")
+    return hosts
+
+
+def hosts_command(job_file: Path, hostfile: Path, master_port: int, master_addr: str | None = None) -> list[str]:
+    """The `deepspeed` launcher over every host of `hostfile` (the first host is the master by default)."""
+    hosts = read_hostfile(hostfile)
+    addr = master_addr or next(iter(hosts))
+    return _deepspeed("--hostfile", str(hostfile), "--master_addr", addr, "--master_port", str(master_port),
+                      job_file=job_file)  # fmt: skip
+
+
+# What sbatch accepts for each option we write: names, and SLURM's time formats.
+SBATCH_VALUE = re.compile(r"^[A-Za-z0-9._:+,=@%-]+$")
+SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+
+
+@dataclass(frozen=True)
+class Slurm:
+    """An sbatch job: `nodes` × `gpus_per_node` processes, one per GPU."""
+
+    nodes: int
+    gpus_per_node: int
+    partition: str | None = None
+    account: str | None = None
+    time: str | None = None
+    job_name: str = "gpt1"
+    master_port: int = 29500
+    cpus_per_gpu: int | None = None
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.nodes < 1:
+            found.append(f"--nodes must be at least 1 (got {self.nodes})")
+        if self.gpus_per_node < 1:
+            found.append(f"--gpus-per-node must be at least 1 (got {self.gpus_per_node})")
+        if self.cpus_per_gpu is not None and self.cpus_per_gpu < 1:
+            found.append(f"--cpus-per-gpu must be at least 1 (got {self.cpus_per_gpu})")
+        if not 1024 <= self.master_port <= 65535:
+            found.append(f"--master-port must be in 1024..65535 (got {self.master_port})")
+        for flag, value in (("--partition", self.partition), ("--account", self.account),
+                            ("--job-name", self.job_name)):  # fmt: skip
+            if value is not None and not SBATCH_VALUE.match(value):
+                found.append(f"{flag} {value!r}: only letters, digits and ._:+,=@%- are allowed")
+        if self.time is not None and not SLURM_TIME.match(self.time):
+            found.append(f"--time {self.time!r}: expected minutes, HH:MM:SS or D-HH:MM:SS")
+        return found
+
+
+def slurm_script(job_file: Path, log_dir: Path, opts: Slurm) -> str:
+    """An sbatch script that starts one training process per GPU with `srun` on every node.
+
+    The rendezvous comes from SLURM itself: the master is the first node of the allocation, and
+    each process's rank, local rank and world size are SLURM_PROCID, SLURM_LOCALID and
+    SLURM_NTASKS (read by `training.run`).
+    """
+    problems = opts.problems()
+    if problems:
+        raise LaunchError("\n".join(problems))
+    sbatch = {
+        "job-name": opts.job_name, "nodes": opts.nodes, "ntasks-per-node": opts.gpus_per_node,
+        "gpus-per-node": opts.gpus_per_node, "cpus-per-gpu": opts.cpus_per_gpu, "partition": opts.partition,
+        "account": opts.account, "time": opts.time, "output": f"{log_dir}/slurm-%j.out",
+    }  # fmt: skip
+    lines = ["#!/bin/bash"]
+    for key, value in sbatch.items():
+        if value is None:
+            continue
+        if key == "output" and not SBATCH_VALUE.match(str(value).replace("/", "")):
+            raise LaunchError(f"output folder {log_dir} has characters sbatch cannot take; choose another run.out_dir")
+        lines.append(f"#SBATCH --{key}={value}")
+    q = shlex.quote
+    lines += [
+        "set -euo pipefail",
+        'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        f"export MASTER_ADDR MASTER_PORT={q(str(opts.master_port))}",
+        f"srun --kill-on-bad-exit=1 {q(sys.executable)} -m training.run {q(str(job_file))}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def train_on_ray(job_file: Path, num_workers: int, use_gpu: bool) -> None:
+    """Ray Train runs `training.run.main` on `num_workers` workers, each in its own process group
+    member; call `ensure_ray` (pipeline.parallel) first to pick the cluster."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if num_workers < 1:
+        raise LaunchError(f"--num-workers must be at least 1 (got {num_workers})")
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"job": str(job_file)},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name="pretrain", storage_path=str(job_file.parent / "ray")),
+    )
+    trainer.fit()
+
+
+def _ray_worker(config: dict) -> None:
+    from training.run import main
+
+    status = main([config["job"]])
+    if status:
+        raise RuntimeError(f"training exited with status {status}")

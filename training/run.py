@@ -1,0 +1,197 @@
+"""One pretraining process: `python -m training.run OUT/job.json`, started once per rank by a launcher
+(`deepspeed`, `srun`, Ray Train). Needs torch, deepspeed, numpy and pydantic; never Ray or the CLI.
+
+A run resumes from `OUT/checkpoints/latest` whenever there is one: the model, optimizer, LR
+schedule, sampler position and RNG come back, so the loss curve continues exactly (bit for bit on
+CPU) where it stopped. When the last step is already done it only writes `result.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pipeline.log import setup_logging
+from pipeline.progress import progress_bar
+from pipeline.runner import write_json_atomic
+from training import checkpoint
+from training.config import TrainConfig, TrainJob
+from training.data import Sampler, TokenWindows
+from training.engine import build_engine
+from training.metrics import Metrics, memory_gb, peak_flops, read_metrics
+from training.model import lm_loss, perplexity
+
+log = logging.getLogger("gpt1.train")
+
+RESULT = "result.json"
+
+
+def total_steps(train: TrainConfig, steps_per_epoch: int) -> int:
+    steps = math.ceil(train.epochs * steps_per_epoch)
+    return min(steps, train.max_steps) if train.max_steps else steps
+
+
+def init_process() -> torch.device:
+    """Join the process group (NCCL on GPUs, gloo on CPU) from the launcher's environment."""
+    import deepspeed
+
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:  # started by srun directly
+        os.environ.update(RANK=os.environ["SLURM_PROCID"], LOCAL_RANK=os.environ["SLURM_LOCALID"],
+                          WORLD_SIZE=os.environ["SLURM_NTASKS"])  # fmt: skip
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def train_step(engine: Any, windows: TokenWindows, indices: list[int], micro: int,
+               device: torch.device) -> torch.Tensor:  # fmt: skip
+    """One optimizer step over this rank's share of the global batch; returns its mean loss."""
+    losses = []
+    for at in range(0, len(indices), micro):
+        x, y = windows.batch(indices[at : at + micro])
+        loss = lm_loss(engine(x.to(device)).logits, y.to(device))
+        engine.backward(loss)
+        engine.step()  # DeepSpeed steps the optimizer and schedule at the accumulation boundary
+        losses.append(loss.detach())
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def evaluate(engine: Any, windows: TokenWindows, train: TrainConfig, device: torch.device) -> float:
+    """Mean loss over the first eval_batches micro-batches per rank of the validation windows."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    n = min(len(windows), train.eval_batches * train.micro_batch * world) // world * world
+    mine = list(range(rank, n, world))  # the same count on every rank, so ZeRO-3 gathers stay in step
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    engine.eval()
+    for at in range(0, len(mine), train.micro_batch):
+        x, y = windows.batch(mine[at : at + train.micro_batch])
+        total[0] += lm_loss(engine(x.to(device)).logits, y.to(device)).double() * len(x)
+        total[1] += len(x)
+    engine.train()
+    dist.all_reduce(total)
+    return (total[0] / total[1]).item() if total[1] else float("nan")
+
+
+def mean_over_ranks(value: torch.Tensor) -> float:
+    value = value.detach().clone().float()
+    dist.all_reduce(value)
+    return value.item() / dist.get_world_size()
+
+
+def train(job: TrainJob) -> dict[str, Any]:
+    device = init_process()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    job.out.mkdir(parents=True, exist_ok=True)
+    data = TokenWindows(job.shards, "train")
+    val = TokenWindows(job.shards, "val")
+    sampler = Sampler(len(data), job.train.global_batch, job.seed, rank, world)
+    steps = total_steps(job.train, sampler.steps_per_epoch)
+    engine, model = build_engine(job, device, world, steps)
+
+    step, tokens = 0, 0
+    found = checkpoint.latest(job.out / "checkpoints")
+    if found:
+        record = checkpoint.resume(engine, found)
+        step, tokens = record["step"], record["tokens"]
+        sampler.load_state_dict(record["sampler"])
+        log.info("resumed from %s (step %d of %d)", found, step, steps)
+    else:
+        torch.manual_seed(job.seed + rank)  # dropout differs between ranks
+    metrics = Metrics(job.out, step, enabled=rank == 0)
+    step_tokens = job.train.global_batch * data.seq_len
+    flops, peak = model.flops_per_token(data.seq_len), peak_flops(device)
+    log.info("training %d steps of %d tokens (%d windows, %.2f epochs) on %d %s process(es)", steps, step_tokens,
+             len(data), steps / sampler.steps_per_epoch, world, device.type)  # fmt: skip
+
+    with progress_bar() as progress:
+        bar = progress.add_task("train", total=steps, completed=step, visible=rank == 0)
+        since, since_step = time.perf_counter(), step
+        while step < steps:
+            lr = engine.get_lr()[0]
+            loss = train_step(engine, data, sampler.next_batch(), job.train.micro_batch, device)
+            step, tokens = step + 1, tokens + step_tokens
+            progress.advance(bar)
+            last = step == steps
+            if step % job.train.log_every == 0 or last:
+                mean_loss = mean_over_ranks(loss)
+                seconds = time.perf_counter() - since
+                rate = step_tokens * (step - since_step) / seconds
+                grad_norm = engine.get_global_grad_norm()
+                metrics.write("train", step, {
+                    "loss": mean_loss, "lr": lr, "tokens": tokens, "tokens_per_s": rate,
+                    "grad_norm": None if grad_norm is None else float(grad_norm),
+                    "mfu": rate * flops / (peak * world) if peak else None, "memory_gb": memory_gb(device),
+                })  # fmt: skip
+                progress.update(bar, description=f"train loss {mean_loss:.3f}, {rate:,.0f} tokens/s")
+                since, since_step = time.perf_counter(), step
+            if step % job.train.eval_every == 0 or last:
+                val_loss = evaluate(engine, val, job.train, device)
+                metrics.write("val", step, {"loss": val_loss, "perplexity": perplexity(val_loss)})
+                log.info("step %d/%d: val loss %.4f, perplexity %.2f", step, steps, val_loss, perplexity(val_loss))
+            if step % job.train.checkpoint_every == 0 or last:
+                folder = checkpoint.save(engine, model, job, step, {"tokens": tokens, "sampler": sampler.state_dict()})
+                log.info("step %d/%d: saved %s", step, steps, folder)
+                since, since_step = time.perf_counter(), step  # saving is not training time
+    metrics.close()
+    result = summarize(job.out)
+    if rank == 0:
+        write_json_atomic(job.out / RESULT, result)
+    dist.barrier()
+    return result
+
+
+def summarize(out: Path) -> dict[str, Any]:
+    """What a finished run reports: steps, tokens, final losses, mean throughput, final checkpoint."""
+    records = read_metrics(out)
+    trained = [r for r in records if r["split"] == "train"]
+    evaluated = [r for r in records if r["split"] == "val"]
+    final = checkpoint.latest(out / "checkpoints")
+    return {
+        "steps": trained[-1]["step"] if trained else 0,
+        "tokens": trained[-1]["tokens"] if trained else 0,
+        "train_loss": trained[-1]["loss"] if trained else None,
+        "val_loss": evaluated[-1]["loss"] if evaluated else None,
+        "val_perplexity": evaluated[-1]["perplexity"] if evaluated else None,
+        "tokens_per_s": sum(r["tokens_per_s"] for r in trained) / len(trained) if trained else None,
+        "checkpoint": str(final.relative_to(out)) if final else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    setup_logging()
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)  # DeepSpeed's call
+    if len(args) != 1:
+        log.error("usage: python -m training.run JOB.json")
+        return 2
+    try:
+        job = TrainJob.model_validate_json(Path(args[0]).read_text())
+        train(job)
+    except (OSError, ValueError) as e:  # a bad job, missing shards or checkpoint, impossible batch
+        log.error("error: %s", str(e).replace("\n", "; "))
+        log.debug("traceback", exc_info=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
