@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from training.checkpoint import WRAPPED, full_weights
 from training.config import DeepSpeedConfig, ModelConfig, TrainConfig
-from training.engine import accumulation_steps, deepspeed_config, lr_schedule, param_groups, resolve_precision
-from training.model import GPT
+from training.engine import accumulation_steps, deepspeed_config, lr_schedule, param_groups, resolve_precision, wrap
+from training.model import GPT, lm_loss
 
 
 def test_accumulation_makes_up_the_global_batch_on_any_world_size():
@@ -55,3 +56,25 @@ def test_half_precision_on_cpu_falls_back_to_fp32():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("bf16", cpu) == "fp32"
+
+
+def test_activation_checkpointing_keeps_names_and_gradients():
+    cfg = ModelConfig(preset="debug", vocab_size=97, dropout=0.0)
+    torch.manual_seed(0)
+    plain = GPT(cfg)
+    wrapped = wrap(GPT(cfg), TrainConfig(activation_checkpointing=True))
+    wrapped.load_state_dict(plain.state_dict())
+    assert any(WRAPPED in name for name, _ in wrapped.named_parameters())
+    assert full_weights(wrapped).keys() == plain.state_dict().keys()
+    x = torch.randint(0, 97, (2, 16))
+    for model in (plain, wrapped):
+        lm_loss(model(x[:, :-1]).logits, x[:, 1:]).backward()
+    grads = {name.replace(WRAPPED, ""): p.grad for name, p in wrapped.named_parameters()}
+    for name, p in plain.named_parameters():
+        assert torch.allclose(p.grad, grads[name], atol=1e-6), name
+
+
+def test_compile_keeps_parameter_names():
+    cfg = ModelConfig(preset="debug", vocab_size=97)
+    names = list(GPT(cfg).state_dict())
+    assert list(wrap(GPT(cfg), TrainConfig(compile=True)).state_dict()) == names
