@@ -15,18 +15,14 @@ Defaults: GPT-1 at context 512 on a GPU, the `mini` preset at context 128 on CPU
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from launch.launchers import free_port
-from training.config import DeepSpeedConfig, ModelConfig, TrainConfig, TrainJob
-from training.engine import build_engine, param_groups
+from training.config import DeepSpeedConfig, ModelConfig, TrainConfig
+from training.engine import build_engine, param_groups, wrap
 from training.metrics import peak_flops
 from training.model import GPT, lm_loss
 from training.run import init_process
@@ -86,8 +82,10 @@ def bare_loop(cfg: ModelConfig, compile_: bool, x: torch.Tensor, y: torch.Tensor
     return {"forward": forward, "backward": backward, "optimizer": optimizer}
 
 
-def engine_loop(job: TrainJob, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> dict[str, Callable]:
-    engine, _ = build_engine(job, device, world_size=1, total_steps=10_000)
+def engine_loop(cfg: ModelConfig, train: TrainConfig, ds: DeepSpeedConfig, x: torch.Tensor, y: torch.Tensor,
+                device: torch.device) -> dict[str, Callable]:  # fmt: skip
+    torch.manual_seed(0)
+    engine = build_engine(wrap(GPT(cfg), train), train, ds, device, world_size=1, total_steps=10_000)
     state: dict[str, torch.Tensor] = {}
 
     def forward() -> None:
@@ -114,14 +112,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     args = parser.parse_args()
 
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     device = init_process()
     cfg = ModelConfig(preset=args.preset, vocab_size=VOCAB, n_positions=max(args.seq_len, 512))
     train = TrainConfig(global_batch=args.micro_batch, micro_batch=args.micro_batch, lr=1e-4, warmup_steps=0,
                         compile=args.compile)  # fmt: skip
-    scratch = Path(tempfile.mkdtemp())
-    job = TrainJob(model=cfg, train=train, deepspeed=DeepSpeedConfig(zero_stage=args.zero), shards=scratch,
-                   tokenizer=scratch, out=scratch)  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     batch = torch.randint(0, VOCAB, (args.micro_batch, args.seq_len + 1), generator=generator).to(device)
     x, y = batch[:, :-1], batch[:, 1:]
@@ -130,7 +124,8 @@ def main() -> None:
     bare = bare_loop(cfg, args.compile, x, y, device)
     results = {"bare PyTorch": timed(bare, device, args.steps, args.warmup)}
     del bare
-    results["ours (DeepSpeed)"] = timed(engine_loop(job, x, y, device), device, args.steps, args.warmup)
+    ours = engine_loop(cfg, train, DeepSpeedConfig(zero_stage=args.zero), x, y, device)
+    results["ours (DeepSpeed)"] = timed(ours, device, args.steps, args.warmup)
 
     name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
     model = GPT(cfg)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,6 @@ from pathlib import Path
 
 class LaunchError(ValueError):
     """A launcher option or file that cannot be used."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def default_nproc() -> int:

@@ -76,6 +76,29 @@ def pretrain_stage(cfg: Config, start: Start) -> Stage:
     return Stage("pretrain", sections, run, inputs=("tokenizer", "shards"), version=1, resumable=True)
 
 
+def eval_stage(cfg: Config, checkpoint: Path | None = None) -> Stage:
+    """Fine-tuning and scoring every task of `eval`, from the pretrain stage's latest checkpoint or
+    from `checkpoint` (then recorded by content). Reads the data stage only for the proxy tasks."""
+    from eval.tasks import PROXIES
+
+    sections: dict = {"eval": cfg.eval}
+    inputs = ("data",) if any(t.name in PROXIES for t in cfg.eval.tasks) else ()
+    if checkpoint is None:
+        inputs += ("pretrain",)
+    else:
+        from pipeline.runner import sha256_file
+        from training.checkpoint import WEIGHTS, resolve
+
+        sections["checkpoint"] = sha256_file(resolve(checkpoint) / WEIGHTS)
+
+    def run(ctx: StageContext) -> dict:
+        from eval.evaluate import run_eval
+
+        return run_eval(cfg.eval, checkpoint or ctx.inputs["pretrain"], ctx.inputs.get("data"), ctx.out_dir)
+
+    return Stage("eval", sections, run, inputs=inputs, version=1, resumable=True)
+
+
 def build_chain(cfg: Config, start: Start) -> list[Stage]:
     """The stages of a run for this config, in order; `start` launches pretraining."""
-    return [data_stage(cfg), tokenizer_stage(cfg), shards_stage(cfg), pretrain_stage(cfg, start)]
+    return [data_stage(cfg), tokenizer_stage(cfg), shards_stage(cfg), pretrain_stage(cfg, start), eval_stage(cfg)]

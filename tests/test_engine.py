@@ -52,6 +52,11 @@ def test_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     assert all(factor(s) >= factor(s + 1) for s in range(10, 110))
 
 
+def test_linear_decay_falls_in_a_straight_line_to_zero():
+    factor = lr_schedule(TrainConfig(lr=6.25e-5, warmup_steps=2, decay="linear"), total_steps=102)
+    assert [factor(s) for s in (0, 1, 2, 52, 102)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
+
+
 def test_half_precision_on_cpu_falls_back_to_fp32():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"

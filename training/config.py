@@ -83,6 +83,8 @@ class TrainConfig(BaseModel):
     """Learning rate at the end of the cosine decay."""
     warmup_steps: int = Field(2000, ge=0)
     """Linear warm-up from 0 to lr over this many steps."""
+    decay: Literal["cosine", "linear"] = "cosine"
+    """Shape of the decay from lr to min_lr after warm-up."""
     weight_decay: float = Field(0.01, ge=0)
     """Decoupled weight decay, applied to weight matrices only (not biases, gains)."""
     betas: tuple[float, float] = (0.9, 0.999)

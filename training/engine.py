@@ -2,8 +2,9 @@
 AdamW parameter groups and the learning-rate schedule. Every other DeepSpeed key passes through
 `deepspeed.extra` untouched.
 
-`build_engine` wraps a plain model in a fixed order and never edits it: activation checkpointing
-around each block, then `torch.compile`, then the DeepSpeed engine (ZeRO, precision, accumulation).
+Infrastructure wraps a plain model in a fixed order and never edits it: `wrap` adds activation
+checkpointing around each block, then `torch.compile`; `build_engine` then puts it in the DeepSpeed
+engine (ZeRO, precision, accumulation).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.config import DeepSpeedConfig, TrainConfig, TrainJob
-from training.model import GPT, Block
+from training.config import DeepSpeedConfig, TrainConfig
+from training.model import Block
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +87,21 @@ def optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -> tor
 
 
 def lr_schedule(train: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of train.lr at a step: linear warm-up from 0, then cosine down to min_lr at the end."""
+    """Multiplier of train.lr at a step: linear warm-up from 0, then a cosine (or a straight line, for
+    `train.decay: linear`) down to min_lr at the last step."""
     floor = train.min_lr / train.lr
 
     def factor(step: int) -> float:
         if step < train.warmup_steps:
             return (step + 1) / train.warmup_steps
         progress = min(1.0, (step - train.warmup_steps) / max(1, total_steps - train.warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if train.decay == "cosine" else 1 - progress
+        return floor + (1 - floor) * shape
 
     return factor
 
 
-def wrap(model: GPT, train: TrainConfig) -> GPT:
+def wrap(model: nn.Module, train: TrainConfig) -> nn.Module:
     """Activation checkpointing (per block), then torch.compile; parameter names stay the model's
     (in the state dict; `named_parameters` gains the wrapper's prefix)."""
     if train.activation_checkpointing:
@@ -114,23 +117,22 @@ def wrap(model: GPT, train: TrainConfig) -> GPT:
     return model
 
 
-def build_engine(job: TrainJob, device: torch.device, world_size: int, total_steps: int) -> tuple[Any, GPT]:
-    """The DeepSpeed engine around a freshly initialised GPT (same weights on every rank), and the
-    model itself (whose parameters the engine trains) for saving."""
+def build_engine(model: nn.Module, train: TrainConfig, ds: DeepSpeedConfig, device: torch.device, world_size: int,
+                 total_steps: int) -> Any:  # fmt: skip
+    """The DeepSpeed engine training `model` (wrapped in place by `wrap` first): our AdamW and
+    schedule, batch arithmetic, precision and ZeRO stage. Pretraining and fine-tuning both use it."""
     import deepspeed
 
-    torch.manual_seed(job.seed)
-    model = wrap(GPT(job.model), job.train)
-    precision = resolve_precision(job.train.precision, device)
-    opt = optimizer(model, job.train, device)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(job.train, total_steps))
-    config = deepspeed_config(job.train, job.deepspeed, world_size, precision)
+    precision = resolve_precision(train.precision, device)
+    opt = optimizer(model, train, device)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(train, total_steps))
+    config = deepspeed_config(train, ds, world_size, precision)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=schedule, config=config,
                                       dist_init_required=False)  # fmt: skip
-    log.info("model: %s parameters, %s, ZeRO stage %d; %d sequences × %d accumulation × %d processes = %d per step",
-             f"{model.num_params():,}", precision, job.deepspeed.zero_stage, job.train.micro_batch,
-             config["gradient_accumulation_steps"], world_size, job.train.global_batch)  # fmt: skip
-    return engine, model
+    log.info("%s parameters, %s, ZeRO stage %d; %d sequences × %d accumulation × %d processes = %d per step",
+             f"{sum(p.numel() for p in model.parameters()):,}", precision, ds.zero_stage, train.micro_batch,
+             config["gradient_accumulation_steps"], world_size, train.global_batch)  # fmt: skip
+    return engine
 
 
 def _has(config: dict[str, Any], dotted: str) -> bool:

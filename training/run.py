@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import sys
 import time
 import warnings
@@ -26,9 +27,9 @@ from pipeline.runner import write_json_atomic
 from training import checkpoint
 from training.config import TrainConfig, TrainJob
 from training.data import Sampler, TokenWindows
-from training.engine import build_engine
+from training.engine import build_engine, wrap
 from training.metrics import Metrics, memory_gb, peak_flops, read_metrics
-from training.model import lm_loss, perplexity
+from training.model import GPT, lm_loss, perplexity
 
 log = logging.getLogger("gpt1.train")
 
@@ -40,6 +41,13 @@ def total_steps(train: TrainConfig, steps_per_epoch: int) -> int:
     return min(steps, train.max_steps) if train.max_steps else steps
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a rendezvous on this host."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_process() -> torch.device:
     """Join the process group (NCCL on GPUs, gloo on CPU) from the launcher's environment."""
     import deepspeed
@@ -47,11 +55,9 @@ def init_process() -> torch.device:
     if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:  # started by srun directly
         os.environ.update(RANK=os.environ["SLURM_PROCID"], LOCAL_RANK=os.environ["SLURM_LOCALID"],
                           WORLD_SIZE=os.environ["SLURM_NTASKS"])  # fmt: skip
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
+    if "WORLD_SIZE" not in os.environ:  # one process, started directly: a private rendezvous
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))  # fmt: skip
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
@@ -105,7 +111,9 @@ def train(job: TrainJob) -> dict[str, Any]:
     val = TokenWindows(job.shards, "val")
     sampler = Sampler(len(data), job.train.global_batch, job.seed, rank, world)
     steps = total_steps(job.train, sampler.steps_per_epoch)
-    engine, model = build_engine(job, device, world, steps)
+    torch.manual_seed(job.seed)  # the same initial weights on every rank
+    model = wrap(GPT(job.model), job.train)
+    engine = build_engine(model, job.train, job.deepspeed, device, world, steps)
 
     step, tokens = 0, 0
     found = checkpoint.latest(job.out / "checkpoints")

@@ -1,0 +1,120 @@
+"""Fine-tune one task with the paper's recipe and score it, through the same engine code as
+pretraining (`training.engine.build_engine`: AdamW without decay on biases and gains, DeepSpeed
+precision and clipping), on one process, CPU or GPU.
+
+The schedule is linear warm-up over `warmup_fraction` of the steps, then linear decay to 0; each
+epoch visits the training examples in a new order seeded by (seed, epoch), in full batches (the
+last partial batch is dropped). The score reported is the final model's. With
+`validation_fraction` > 0, that share of train is held out and the epoch that scores best on it is
+the one scored instead (model selection without looking at dev).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from eval.config import EvalConfig
+from eval.heads import TaskModel, loss, predictions
+from eval.metrics import METRICS
+from eval.tasks import Example, Task, TaskDataError
+from eval.transforms import Batch, collate, encode
+from pipeline.progress import progress_bar
+from tokenizer.bpe import BPETokenizer
+from training.config import DeepSpeedConfig, TrainConfig
+from training.engine import build_engine
+from training.model import GPT
+
+log = logging.getLogger(__name__)
+
+WEIGHT_DECAY, GRAD_CLIP = 0.01, 1.0  # as in pretraining
+
+
+class Encoded:
+    """A task split, tokenized once: sequences per example and labels."""
+
+    def __init__(self, task: Task, examples: list[Example], tok: BPETokenizer, max_len: int):
+        self.sequences = [encode(e, task.kind, tok, max_len) for e in examples]
+        self.labels = [e.label for e in examples]
+        self.pad, self.regression = tok.specials.pad, is_regression(task)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, indices: list[int] | np.ndarray, size: int) -> Iterator[Batch]:
+        for at in range(0, len(indices), size):
+            chunk = indices[at : at + size]
+            yield collate([self.sequences[i] for i in chunk], [self.labels[i] for i in chunk], self.pad,
+                          self.regression)  # fmt: skip
+
+    def subset(self, indices: list[int] | np.ndarray) -> Encoded:
+        part = copy.copy(self)
+        part.sequences, part.labels = [self.sequences[i] for i in indices], [self.labels[i] for i in indices]
+        return part
+
+
+def is_regression(task: Task) -> bool:
+    return task.kind != "multiple_choice" and not task.labels
+
+
+def train_config(cfg: EvalConfig, steps: int) -> TrainConfig:
+    """The fine-tuning recipe as a training config for the shared engine."""
+    return TrainConfig(global_batch=cfg.batch_size, micro_batch=cfg.micro_batch, epochs=cfg.epochs, lr=cfg.lr,
+                       min_lr=0.0, warmup_steps=math.ceil(cfg.warmup_fraction * steps), decay="linear",
+                       weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP, precision=cfg.precision)  # fmt: skip
+
+
+@torch.no_grad()
+def score(engine: torch.nn.Module, data: Encoded, task: Task, micro: int, device: torch.device) -> dict[str, float]:
+    """Every metric of the task on `data`, from the model as it is now."""
+    engine.eval()
+    preds = []
+    for batch in data.batches(np.arange(len(data)), micro):
+        out = engine(batch.tokens.to(device), batch.extract.to(device))
+        preds.append(predictions(out.scores, data.regression).cpu())
+    engine.train()
+    pred = torch.cat(preds).numpy()
+    return {m: METRICS[m](pred, np.asarray(data.labels)) for m in (task.metric, *task.extra_metrics)}
+
+
+def finetune(task: Task, gpt: GPT, train: Encoded, evals: dict[str, Encoded], cfg: EvalConfig, seed: int,
+             lm_coef: float, device: torch.device) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Fine-tune `gpt` (modified in place) on `train`; the scores on each of `evals`."""
+    rng = np.random.default_rng([seed, 0])
+    held_out = None
+    if cfg.validation_fraction:
+        order = rng.permutation(len(train))
+        cut = int(len(train) * cfg.validation_fraction)
+        held_out, train = train.subset(order[:cut]), train.subset(order[cut:])
+    steps_per_epoch = len(train) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise TaskDataError(f"{task.name}: {len(train)} training examples are fewer than one batch ({cfg.batch_size})")
+    total = steps_per_epoch * cfg.epochs
+    torch.manual_seed(seed)
+    model = TaskModel(gpt, task.kind, task.n_outputs, cfg.clf_dropout)
+    engine = build_engine(model, train_config(cfg, total), DeepSpeedConfig(zero_stage=0), device, 1, total)
+    best: tuple[float, dict] | None = None
+    accumulation = cfg.batch_size // cfg.micro_batch
+    with progress_bar() as progress:
+        bar = progress.add_task(f"fine-tune {task.name} (seed {seed})", total=total)
+        for epoch in range(cfg.epochs):
+            order = np.random.default_rng([seed, epoch + 1]).permutation(len(train))[: steps_per_epoch * cfg.batch_size]
+            for batch in train.batches(order, cfg.micro_batch):
+                batch = Batch(*(t.to(device) for t in batch))
+                out = engine(batch.tokens, batch.extract)
+                engine.backward(loss(out, batch, train.regression, lm_coef))
+                engine.step()  # the optimizer steps once per batch_size / micro_batch micro-batches
+                progress.advance(bar, 1 / accumulation)
+            if held_out is not None:
+                value = score(engine, held_out, task, cfg.micro_batch, device)[task.metric]
+                log.info("%s seed %d epoch %d: validation %s %.2f", task.name, seed, epoch + 1, task.metric, value)
+                if best is None or value > best[0]:
+                    best = (value, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    if best is not None:
+        model.load_state_dict(best[1])
+    return {name: score(engine, data, task, cfg.micro_batch, device) for name, data in evals.items()}

@@ -1,0 +1,67 @@
+"""Task heads on top of the pretrained GPT (`training/model.py`, unchanged): one linear layer on the
+final hidden state of the extract token, after dropout, as in the paper.
+
+    classification, entailment   head(h)                  -> (B, classes)
+    similarity                   head(h_ab + h_ba)        -> (B, classes), or (B, 1) for a score
+    multiple choice              head(h_i) per choice     -> (B, choices), a softmax over choices
+
+The loss is the task's (cross-entropy, or squared error for a score) plus `lm_coef` times the
+language-modelling loss on the same inputs, the paper's auxiliary objective.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eval.tasks import Kind
+from eval.transforms import Batch
+from training.model import GPT, lm_loss
+
+
+class TaskOutput(NamedTuple):
+    scores: torch.Tensor  # (B, classes | choices | 1)
+    lm_logits: torch.Tensor  # (B * S, T, V)
+
+
+class TaskModel(nn.Module):
+    def __init__(self, gpt: GPT, kind: Kind, n_outputs: int, dropout: float):
+        super().__init__()
+        self.gpt, self.kind = gpt, kind
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(gpt.cfg.n_embd, n_outputs)
+        nn.init.normal_(self.head.weight, std=gpt.cfg.init_std)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: torch.Tensor, extract: torch.Tensor) -> TaskOutput:
+        """tokens: (B, S, T) ids; extract: (B, S) positions of the extract tokens."""
+        B, S, T = tokens.shape
+        out = self.gpt(tokens.view(B * S, T))
+        h = out.hidden[torch.arange(B * S, device=tokens.device), extract.view(-1)].view(B, S, -1)  # (B, S, C)
+        if self.kind == "multiple_choice":
+            scores = self.head(self.dropout(h)).squeeze(-1)  # (B, S): one score per choice
+        else:
+            scores = self.head(self.dropout(h.sum(dim=1)))  # similarity sums both orders; others have S = 1
+        return TaskOutput(scores, out.logits)
+
+
+def task_loss(scores: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return F.mse_loss(scores.float().squeeze(-1), labels)
+    return F.cross_entropy(scores.float(), labels)
+
+
+def loss(output: TaskOutput, batch: Batch, regression: bool, lm_coef: float) -> torch.Tensor:
+    """Task loss + lm_coef × LM loss (the LM term is skipped entirely when lm_coef is 0)."""
+    total = task_loss(output.scores, batch.labels, regression)
+    if lm_coef:
+        total = total + lm_coef * lm_loss(output.lm_logits, batch.lm_targets.view(-1, batch.lm_targets.size(-1)))
+    return total
+
+
+def predictions(scores: torch.Tensor, regression: bool) -> torch.Tensor:
+    """Predicted class, choice, or score for each example."""
+    return scores.float().squeeze(-1) if regression else scores.argmax(dim=-1)

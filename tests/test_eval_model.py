@@ -1,0 +1,160 @@
+"""Input transforms, task heads, the auxiliary loss, metrics, and fine-tuning end to end on a tiny
+proxy task (with the no-pretraining ablation) from a checkpoint folder written here."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from eval.config import EvalConfig
+from eval.evaluate import run_eval
+from eval.heads import TaskModel, loss, task_loss
+from eval.metrics import accuracy, f1, glue_average, mcc, pearson, spearman
+from eval.tasks import Example
+from eval.transforms import collate, encode
+from tokenizer.config import TokenizerConfig
+from tokenizer.train import train
+from training.config import ModelConfig
+from training.model import GPT, lm_loss
+
+TOPICS = ["river", "engine", "garden", "violin", "harbour", "glacier", "market", "comet", "forest", "tower", "lamp",
+          "bridge", "castle", "desert", "island", "meadow", "rocket", "valley", "window", "planet"]  # fmt: skip
+SENTENCES = ["The {t} stood near the old road today.", "Nobody had seen a {t} so large before.",
+             "Every morning the {t} looked a little different.", "We walked to the {t} after lunch.",
+             "Her brother wrote a long letter about the {t}.", "Later that year the {t} was painted blue."]  # fmt: skip
+
+
+def documents(copies: int = 2) -> list[str]:
+    return [" ".join(s.format(t=t) for s in SENTENCES) for _ in range(copies) for t in TOPICS]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    tok = train(TokenizerConfig(merges=150, min_frequency=1), lambda: iter(documents()))
+    tok.save(tmp_path_factory.mktemp("tok"))
+    return tok
+
+
+def test_traversal_layouts_put_the_extract_token_last(tok):
+    sp = tok.specials
+    a, b = tok.encode("the river"), tok.encode("a lamp")
+    assert encode(Example("the river"), "classification", tok, 64) == [[sp.start, *a, sp.extract]]
+    assert encode(Example("the river", "a lamp"), "entailment", tok, 64) == [
+        [sp.start, *a, sp.delimiter, *b, sp.extract]
+    ]
+    assert encode(Example("the river", "a lamp"), "similarity", tok, 64) == [
+        [sp.start, *a, sp.delimiter, *b, sp.extract], [sp.start, *b, sp.delimiter, *a, sp.extract]]  # fmt: skip
+    seqs = encode(Example("the river", choices=("a lamp", "the tower")), "multiple_choice", tok, 64)
+    assert seqs == [[sp.start, *a, sp.delimiter, *b, sp.extract],
+                    [sp.start, *a, sp.delimiter, *tok.encode("the tower"), sp.extract]]  # fmt: skip
+
+
+def test_truncation_cuts_the_longer_part_and_keeps_the_extract_token(tok):
+    long, short = " ".join(["river"] * 40), "the lamp"
+    (seq,) = encode(Example(long, short), "entailment", tok, 20)
+    assert len(seq) == 20 and seq[-1] == tok.specials.extract
+    assert seq[-2 - len(tok.encode(short)) :] == [tok.specials.delimiter, *tok.encode(short), tok.specials.extract]
+    (seq,) = encode(Example(short, long), "entailment", tok, 20)
+    assert len(seq) == 20 and seq[1 : 1 + len(tok.encode(short))] == tok.encode(short)  # the shorter part is whole
+
+
+def test_collate_pads_right_and_masks_padding_out_of_the_lm_targets(tok):
+    encoded = [encode(Example("the river"), "classification", tok, 64), encode(Example("a"), "classification", tok, 64)]
+    batch = collate(encoded, [1, 0], tok.specials.pad, regression=False)
+    n = len(encoded[1][0])
+    assert batch.tokens.shape == (2, 1, len(encoded[0][0])) and batch.extract[1, 0] == n - 1
+    assert (batch.tokens[1, 0, n:] == tok.specials.pad).all() and (batch.lm_targets[1, 0, n - 1 :] == -1).all()
+    assert batch.lm_targets[0, 0, 0] == encoded[0][0][1]
+
+
+@pytest.fixture
+def gpt(tok) -> GPT:
+    torch.manual_seed(0)
+    return GPT(ModelConfig(preset="debug", vocab_size=tok.vocab_size, n_positions=64))
+
+
+def test_similarity_head_sums_both_orders_and_multiple_choice_scores_each_choice(tok, gpt):
+    sim = TaskModel(gpt, "similarity", 2, 0.0).eval()  # no dropout: the two orders must agree exactly
+    batch = collate([encode(Example("the river", "a lamp"), "similarity", tok, 64)] * 3, [0, 1, 1],
+                    tok.specials.pad, regression=False)  # fmt: skip
+    out = sim(batch.tokens, batch.extract)
+    assert out.scores.shape == (3, 2) and out.lm_logits.shape[:2] == (6, batch.tokens.shape[-1])
+    swapped = sim(batch.tokens.flip(1), batch.extract.flip(1)).scores
+    assert torch.allclose(out.scores, swapped, atol=1e-5)  # order-free
+    loss(out, batch, regression=False, lm_coef=0.5).backward()
+    assert sim.head.weight.grad.abs().sum() > 0 and gpt.tokens_embed.weight.grad.abs().sum() > 0
+
+    mc = TaskModel(gpt, "multiple_choice", 1, 0.0)
+    example = Example("the river", choices=("a lamp", "the tower", "a comet"))
+    batch = collate([encode(example, "multiple_choice", tok, 64)] * 2, [2, 0], tok.specials.pad, regression=False)
+    out = mc(batch.tokens, batch.extract)
+    assert out.scores.shape == (2, 3)
+    task_loss(out.scores, batch.labels, regression=False).backward()
+    assert mc.head.weight.grad.abs().sum() > 0
+
+
+def test_the_auxiliary_lm_loss_is_added_with_its_weight(tok, gpt):
+    model = TaskModel(gpt, "classification", 2, 0.0).eval()
+    batch = collate([encode(Example("the river stood"), "classification", tok, 64)] * 2, [0, 1], tok.specials.pad,
+                    regression=False)  # fmt: skip
+    out = model(batch.tokens, batch.extract)
+    task = task_loss(out.scores, batch.labels, regression=False)
+    lm = lm_loss(out.lm_logits, batch.lm_targets.view(-1, batch.lm_targets.size(-1)))
+    assert loss(out, batch, False, 0.0).item() == pytest.approx(task.item())
+    assert loss(out, batch, False, 0.5).item() == pytest.approx(task.item() + 0.5 * lm.item())
+    regression = TaskModel(gpt, "similarity", 1, 0.0)
+    scored = collate([encode(Example("a", "b"), "similarity", tok, 64)], [3.5], tok.specials.pad, regression=True)
+    out = regression(scored.tokens, scored.extract)
+    assert task_loss(out.scores, scored.labels, True).item() == pytest.approx((out.scores.item() - 3.5) ** 2, rel=1e-5)
+
+
+def test_metrics_match_hand_computed_values():
+    pred, gold = [1, 1, 0, 0, 1, 0], [1, 0, 0, 1, 1, 0]
+    assert accuracy(pred, gold) == pytest.approx(100 * 4 / 6)
+    assert f1(pred, gold) == pytest.approx(100 * 2 * 2 / (3 + 3))  # tp 2, predicted 3, gold 3
+    assert mcc(pred, gold) == pytest.approx(100 * (2 * 2 - 1 * 1) / math.sqrt(3 * 3 * 3 * 3))
+    assert mcc([1, 1, 1], [1, 0, 1]) == 0.0  # a constant prediction carries no information
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(100.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-100.0)
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(100.0)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(100 * 0.8660254, rel=1e-6)  # ties take mean ranks
+    glue = glue_average({"mrpc": {"f1": 80, "accuracy": 70}, "stsb": {"pearson": 90, "spearman": 80},
+                         "mnli_m": {"accuracy": 80}, "mnli_mm": {"accuracy": 70}, "rte": {"accuracy": 60}})  # fmt: skip
+    assert glue == (pytest.approx((75 + 85 + 75 + 60) / 4), ["mnli", "mrpc", "rte", "stsb"])
+    assert glue_average({"proxy_next": {"accuracy": 50}}) is None
+
+
+def write_checkpoint(folder: Path, tok, cfg: ModelConfig) -> Path:
+    """A step folder as pretraining writes it: job, fp32 weights, tokenizer."""
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(GPT(cfg).state_dict(), folder / "model.pt")
+    (folder / "checkpoint.json").write_text(json.dumps({"step": 0, "job": {"model": cfg.model_dump(mode="json")}}))
+    tok.save(folder / "tokenizer")
+    return folder
+
+
+def test_finetune_on_a_proxy_task_beats_chance_with_and_without_pretraining(tok, tmp_path):
+    data = tmp_path / "data"
+    (data / "val").mkdir(parents=True)
+    texts = documents(copies=2)
+    pq.write_table(
+        pa.table({"id": [str(i) for i in range(len(texts))], "text": texts}), data / "val" / "part-00000.parquet"
+    )
+    cfg = ModelConfig(preset="debug", vocab_size=tok.vocab_size, n_positions=64, dropout=0.0)
+    checkpoint = write_checkpoint(tmp_path / "step-00000000", tok, cfg)
+    ecfg = EvalConfig(tasks=[{"name": "proxy_shuffle"}], lr=1e-3, batch_size=16, micro_batch=8, epochs=10,
+                      ablations=["no_pretrain"])  # fmt: skip
+    summary = run_eval(ecfg, checkpoint, data, tmp_path / "eval")
+    results = json.loads((tmp_path / "eval" / "proxy_shuffle" / "results.json").read_text())
+    assert results["splits"]["proxy_shuffle"]["split"] == "dev" and results["train"]["n"] == 384
+    assert results["checkpoint"]["sha256"] and [r["variant"] for r in results["runs"]] == ["full", "no_pretrain"]
+    assert [r["lm_coef"] for r in results["runs"]] == [0.5, 0.5] and not results["runs"][1]["pretrained"]
+    for variant in ("full", "no_pretrain"):
+        assert summary["tasks"]["proxy_shuffle"][variant]["proxy_shuffle"]["accuracy"]["mean"] > 75.0, summary
