@@ -30,7 +30,7 @@ from launch.app import (
 from launch.config import dump_config
 from launch.stages import build_chain, data_stage, shards_stage, tokenizer_stage
 from pipeline.log import console
-from pipeline.runner import read_manifest
+from pipeline.runner import StageError, read_manifest
 from tokenizer.bpe import BPETokenizer
 
 
@@ -57,11 +57,55 @@ def run(
     chain = build_chain(cfg, start_local(cfg, nproc, None))
     outcomes = run_stages(cfg, chain, until=until, force=set(force or []), ray_address=ray_address)
     table = Table(title=f"run {cfg.run.name}", title_justify="left")
-    for column in ("stage", "status", "seconds", "output"):
+    for column in ("stage", "status", "seconds", "summary", "output"):
         table.add_column(column)
     for o in outcomes:
-        table.add_row(o.name, o.status, f"{o.seconds:.1f}", str(o.dir))
+        table.add_row(o.name, o.status, f"{o.seconds:.1f}", stage_summary(o.name, o.manifest), str(o.dir))
     console.print(table)
+    report = outcomes[-1].manifest.get("report", {}) if outcomes[-1].name == "report" else {}
+    typer.echo(report.get("html") or outcomes[-1].dir)
+
+
+def stage_summary(stage: str, m: dict) -> str:
+    """The counts that say what a stage did, in a few words."""
+    if stage == "data":
+        return f"{m['counts']['kept']:,} of {m['counts']['in']:,} documents kept"
+    if stage == "tokenizer":
+        return f"{m['tokenizer']['vocab_size']:,} ids, {m['tokenizer']['merges']:,} merges"
+    if stage == "shards":
+        return ", ".join(f"{split} {t['tokens']:,} tokens" for split, t in m["splits"].items())
+    if stage == "pretrain":
+        r = m["result"]
+        return f"{r['steps']:,} steps, val perplexity {r['val_perplexity']:.1f}"
+    if stage == "eval":
+        glue = m.get("glue")
+        return f"{len(m['tasks'])} tasks" + (f", GLUE {glue['average']:.1f}" if glue else "")
+    return ", ".join(m.get("report", {}))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (<out_dir>/<name>).", show_default=False)],
+    out: Annotated[Path | None, typer.Option(help="Folder to write [default: RUN_DIR/report/latest].",
+                                             show_default=False)] = None,
+) -> None:  # fmt: skip
+    """Write report.md and report.html from the stages a run has completed so far."""
+    import json
+
+    from eval.config import ReportConfig
+    from eval.report import STAGES, write_report
+
+    index = run_dir / "stages.json"
+    if not index.is_file():
+        with user_errors():
+            raise StageError(f"{run_dir}: not a run folder (no stages.json)")
+    stages = json.loads(index.read_text())
+    dirs = {name: Path(stages[name]["dir"]) for name in STAGES
+            if name in stages and (Path(stages[name]["dir"]) / "manifest.json").is_file()}  # fmt: skip
+    previous = read_manifest(Path(stages["report"]["dir"])) if "report" in stages else None
+    cfg = ReportConfig.model_validate(previous["config"]["report"]) if previous else ReportConfig()
+    written = write_report(dirs, cfg, run_dir.name, out or run_dir / "report" / "latest")
+    typer.echo(written.get("html") or written.get("md"))
 
 
 @app.command()

@@ -99,6 +99,24 @@ def eval_stage(cfg: Config, checkpoint: Path | None = None) -> Stage:
     return Stage("eval", sections, run, inputs=inputs, version=1, resumable=True)
 
 
+def report_stage(cfg: Config) -> Stage:
+    """report.md and report.html from every other stage's output."""
+    import hashlib
+
+    from launch.config import dump_config
+
+    config_hash = hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
+
+    def run(ctx: StageContext) -> dict:
+        from eval.report import write_report
+
+        return {"report": write_report(dict(ctx.inputs), cfg.report, cfg.run.name, ctx.out_dir, config_hash)}
+
+    inputs = ("data", "tokenizer", "shards", "pretrain", "eval")
+    return Stage("report", {"report": cfg.report}, run, inputs=inputs, version=1)
+
+
 def build_chain(cfg: Config, start: Start) -> list[Stage]:
     """The stages of a run for this config, in order; `start` launches pretraining."""
-    return [data_stage(cfg), tokenizer_stage(cfg), shards_stage(cfg), pretrain_stage(cfg, start), eval_stage(cfg)]
+    return [data_stage(cfg), tokenizer_stage(cfg), shards_stage(cfg), pretrain_stage(cfg, start), eval_stage(cfg),
+            report_stage(cfg)]  # fmt: skip

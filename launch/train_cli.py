@@ -259,20 +259,13 @@ def evaluate(
 
 
 def results_table(folder: Path) -> Table:
-    """Every scored split of every task: metric, split, examples, and mean ± spread per variant."""
-    import json
+    """Every scored split of every task: metric, split, examples, mean ± spread per variant, paper."""
+    from eval.report import score_table
 
-    results = [json.loads(p.read_text()) for p in sorted(folder.glob("*/results.json"))]
-    variants = list(dict.fromkeys(v for r in results for v in r["summary"]))
+    header, rows, _ = score_table(folder)
     table = Table(title="fine-tuning", title_justify="left")
-    for column in ("task", "metric", "split", "examples", *variants):
+    for column in header:
         table.add_column(column, justify="left" if column in ("task", "metric", "split") else "right")
-    for r in results:
-        for name, split in r["splits"].items():
-            cells = []
-            for variant in variants:
-                s = r["summary"].get(variant, {}).get(name, {}).get(r["metric"])
-                spread = f" ± {s['std']:.1f}" if s and s["seeds"] > 1 else ""
-                cells.append("-" if s is None else f"{s['mean']:.1f}{spread}")
-            table.add_row(name, r["metric"], split["split"], f"{split['n']:,}", *cells)
+    for row in rows:
+        table.add_row(*row)
     return table

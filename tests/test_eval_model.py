@@ -158,3 +158,22 @@ def test_finetune_on_a_proxy_task_beats_chance_with_and_without_pretraining(tok,
     assert [r["lm_coef"] for r in results["runs"]] == [0.5, 0.5] and not results["runs"][1]["pretrained"]
     for variant in ("full", "no_pretrain"):
         assert summary["tasks"]["proxy_shuffle"][variant]["proxy_shuffle"]["accuracy"]["mean"] > 75.0, summary
+
+
+def test_model_selection_scores_the_epoch_best_on_a_slice_of_train(tok, caplog):
+    from eval.finetune import Encoded, finetune
+    from eval.tasks import get_task
+    from training.run import init_process
+
+    device = init_process()
+    task = get_task("proxy_shuffle")
+    examples = [Example(s.format(t=t), label=1) for t in TOPICS for s in SENTENCES]
+    examples += [Example(" ".join(reversed(e.text.split())), label=0) for e in examples]
+    data = Encoded(task, examples, tok, 64)
+    cfg = EvalConfig(lr=1e-3, batch_size=16, micro_batch=16, epochs=3, validation_fraction=0.25)
+    cfg_model = ModelConfig(preset="debug", vocab_size=tok.vocab_size, n_positions=64)
+    with caplog.at_level("INFO", logger="eval.finetune"):
+        scores = finetune(task, GPT(cfg_model), data, {"dev": data}, cfg, seed=0, lm_coef=0.5, device=device)
+    assert [r.message.split(":")[0] for r in caplog.records if "validation" in r.message] == [
+        f"proxy_shuffle seed 0 epoch {e}" for e in (1, 2, 3)]  # fmt: skip
+    assert 0 <= scores["dev"]["accuracy"] <= 100

@@ -158,7 +158,8 @@ def train(job: TrainJob) -> dict[str, Any]:
             if step % job.train.checkpoint_every == 0 or last:
                 folder = checkpoint.save(engine, model, job, step, {"tokens": tokens, "sampler": sampler.state_dict()})
                 log.info("step %d/%d: saved %s", step, steps, folder)
-                since, since_step = time.perf_counter(), step  # saving is not training time
+            if step % job.train.eval_every == 0 or step % job.train.checkpoint_every == 0:
+                since, since_step = time.perf_counter(), step  # evaluating and saving are not training time
     metrics.close()
     result = summarize(job.out)
     if rank == 0:
