@@ -70,6 +70,7 @@ def score_table(eval_dir: Path) -> tuple[list[str], list[list[str]], list[dict[s
 def results_section(eval_dir: Path) -> list[Block]:
     """Our score (mean ± std over seeds) per scored split and variant, with the paper's beside it."""
     from eval.metrics import glue_average
+    from eval.tasks import TASKS
 
     header, rows, results = score_table(eval_dir)
     if not results:
@@ -84,7 +85,7 @@ def results_section(eval_dir: Path) -> list[Block]:
     glue = glue_average(full)
     if glue:
         notes.append(f"GLUE average over {', '.join(glue[1])}: {glue[0]:.1f} (paper: {PAPER_GLUE}, all nine tasks).")
-    if any(r["task"] in PAPER or r["task"] == "mnli" for r in results):
+    if any(TASKS[r["task"]].glue for r in results):
         notes.append("GLUE tasks are scored here on dev; the paper's GLUE scores are from the test server.")
     if len(variants) > 1:
         paper = ", ".join(f"{k} {v}" for k, v in PAPER_ABLATIONS.items())

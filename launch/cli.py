@@ -104,7 +104,8 @@ def report(
             if name in stages and (Path(stages[name]["dir"]) / "manifest.json").is_file()}  # fmt: skip
     previous = read_manifest(Path(stages["report"]["dir"])) if "report" in stages else None
     cfg = ReportConfig.model_validate(previous["config"]["report"]) if previous else ReportConfig()
-    written = write_report(dirs, cfg, run_dir.name, out or run_dir / "report" / "latest")
+    config_hash = previous.get("config_hash") if previous else None
+    written = write_report(dirs, cfg, run_dir.name, out or run_dir / "report" / "latest", config_hash)
     typer.echo(written.get("html") or written.get("md"))
 
 

@@ -110,7 +110,8 @@ def report_stage(cfg: Config) -> Stage:
     def run(ctx: StageContext) -> dict:
         from eval.report import write_report
 
-        return {"report": write_report(dict(ctx.inputs), cfg.report, cfg.run.name, ctx.out_dir, config_hash)}
+        written = write_report(dict(ctx.inputs), cfg.report, cfg.run.name, ctx.out_dir, config_hash)
+        return {"report": written, "config_hash": config_hash}
 
     inputs = ("data", "tokenizer", "shards", "pretrain", "eval")
     return Stage("report", {"report": cfg.report}, run, inputs=inputs, version=1)

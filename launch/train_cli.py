@@ -41,7 +41,9 @@ def _upstream(cfg: Config, start: Start, force: bool = False,
     pretrain stage, ready to run."""
     if ray_address:
         os.environ["RAY_ADDRESS"] = ray_address
-    *upstream, pretrain = build_chain(cfg, start)
+    chain = build_chain(cfg, start)
+    at = [stage.name for stage in chain].index("pretrain")
+    upstream, pretrain = chain[:at], chain[at]
     runner = Runner(cfg.run_dir, force={"pretrain"} if force else set())
     with user_errors():
         runner.run(upstream)

@@ -19,6 +19,17 @@ CONFIGS = ROOT / "configs"
 GPT1 = str(Path(sys.executable).with_name("gpt1"))
 
 
+@pytest.fixture(autouse=True)
+def environment_restored() -> Iterator[None]:
+    """Put the environment back after each test: one that joins a one-process group in this process
+    (fine-tuning in-process) sets RANK, WORLD_SIZE, MASTER_PORT..., which child processes of later
+    tests must not inherit."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def write_config(tmp_path: Path):
     """Write a YAML config file into the test's folder and return its path."""
