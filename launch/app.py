@@ -140,5 +140,7 @@ def start_local(cfg: Config, nproc: int | None, master_port: int | None) -> Star
 
 
 def check_exit(proc: subprocess.CompletedProcess) -> None:
+    if proc.returncode == launchers.PREEMPTED:
+        raise StageError("pretraining stopped on a signal after saving a checkpoint; run again to continue")
     if proc.returncode:
         raise StageError(f"pretraining failed (exit status {proc.returncode}); its log is above")

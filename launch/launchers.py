@@ -77,6 +77,10 @@ def hosts_command(job_file: Path, hostfile: Path, master_port: int, master_addr:
                       job_file=job_file)  # fmt: skip
 
 
+# Exit status of a training process stopped by a signal after its checkpoint (training.run.PREEMPTED).
+PREEMPTED = 75
+# Seconds of warning (SIGUSR1) SLURM gives before the time limit: enough to finish a step and save.
+WARNING_SECONDS = 180
 # What sbatch accepts for each option we write: names, and SLURM's time formats.
 SBATCH_VALUE = re.compile(r"^[A-Za-z0-9._:+,=@%-]+$")
 SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
@@ -119,7 +123,9 @@ def slurm_script(job_file: Path, log_dir: Path, opts: Slurm) -> str:
 
     The rendezvous comes from SLURM itself: the master is the first node of the allocation, and
     each process's rank, local rank and world size are SLURM_PROCID, SLURM_LOCALID and
-    SLURM_NTASKS (read by `training.run`).
+    SLURM_NTASKS (read by `training.run`). SLURM sends SIGUSR1 WARNING_SECONDS before the time
+    limit; training then saves a checkpoint and exits with PREEMPTED, and the script requeues the
+    job, which resumes from that checkpoint when it starts again.
     """
     problems = opts.problems()
     if problems:
@@ -128,6 +134,7 @@ def slurm_script(job_file: Path, log_dir: Path, opts: Slurm) -> str:
         "job-name": opts.job_name, "nodes": opts.nodes, "ntasks-per-node": opts.gpus_per_node,
         "gpus-per-node": opts.gpus_per_node, "cpus-per-gpu": opts.cpus_per_gpu, "partition": opts.partition,
         "account": opts.account, "time": opts.time, "output": f"{log_dir}/slurm-%j.out",
+        "signal": f"USR1@{WARNING_SECONDS}", "requeue": True,
     }  # fmt: skip
     lines = ["#!/bin/bash"]
     for key, value in sbatch.items():
@@ -135,13 +142,18 @@ def slurm_script(job_file: Path, log_dir: Path, opts: Slurm) -> str:
             continue
         if key == "output" and not SBATCH_VALUE.match(str(value).replace("/", "")):
             raise LaunchError(f"output folder {log_dir} has characters sbatch cannot take; choose another run.out_dir")
-        lines.append(f"#SBATCH --{key}={value}")
+        lines.append(f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={value}")
     q = shlex.quote
     lines += [
         "set -euo pipefail",
         'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
         f"export MASTER_ADDR MASTER_PORT={q(str(opts.master_port))}",
-        f"srun --kill-on-bad-exit=1 {q(sys.executable)} -m training.run {q(str(job_file))}",
+        "status=0",
+        f"srun --kill-on-bad-exit=1 {q(sys.executable)} -m training.run {q(str(job_file))} || status=$?",
+        f'if [ "$status" -eq {PREEMPTED} ]; then  # stopped at the time-limit warning, checkpoint saved',
+        '    scontrol requeue "$SLURM_JOB_ID"',
+        "fi",
+        'exit "$status"',
     ]
     return "\n".join(lines) + "\n"
 

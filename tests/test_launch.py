@@ -58,7 +58,7 @@ def test_launch_hosts_checks_the_hostfile_before_running_anything(tmp_path):
 
 def sbatch_lines(script: str) -> dict[str, str]:
     options = [line.removeprefix("#SBATCH --") for line in script.splitlines() if line.startswith("#SBATCH")]
-    return dict(option.split("=", 1) for option in options)
+    return dict(option.split("=", 1) for option in options if "=" in option)
 
 
 def test_slurm_script_for_2_nodes_of_8_gpus_starts_16_processes_with_srun(tmp_path):
@@ -67,11 +67,14 @@ def test_slurm_script_for_2_nodes_of_8_gpus_starts_16_processes_with_srun(tmp_pa
     assert script.startswith("#!/bin/bash\n")
     assert sbatch_lines(script) == {
         "job-name": "gpt1", "nodes": "2", "ntasks-per-node": "8", "gpus-per-node": "8", "partition": "gpu",
-        "time": "2-00:00:00", "output": f"{tmp_path}/slurm-%j.out",
+        "time": "2-00:00:00", "output": f"{tmp_path}/slurm-%j.out", "signal": "USR1@180",
     }  # fmt: skip
+    assert "#SBATCH --requeue" in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     (srun,) = [line for line in script.splitlines() if line.startswith("srun ")]
-    assert shlex.split(srun) == ["srun", "--kill-on-bad-exit=1", sys.executable, "-m", "training.run", str(job)]
+    assert shlex.split(srun) == ["srun", "--kill-on-bad-exit=1", sys.executable, "-m", "training.run", str(job), "||",
+                                 "status=$?"]  # fmt: skip
+    assert 'if [ "$status" -eq 75 ]; then' in script and 'scontrol requeue "$SLURM_JOB_ID"' in script
     assert 'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"' in script
     assert "ssh" not in script and "pdsh" not in script
 
@@ -88,7 +91,7 @@ def test_launch_slurm_renders_writes_and_submits_the_script(tiny_shards, tiny_ou
     assert proc.returncode == 0, proc.stderr
     assert sbatch_lines(proc.stdout)["nodes"] == "2"
     (srun,) = [line for line in proc.stdout.splitlines() if line.startswith("srun ")]
-    job = Path(shlex.split(srun)[-1])
+    job = Path(shlex.split(srun)[-3])
     spec = json.loads(job.read_text())
     assert spec["train"]["max_steps"] == 8 and spec["shards"] == str(tiny_shards[0])
     assert (tmp_path / "sbatch-args").read_text().strip() == str(job.parent / "pretrain.sbatch")

@@ -16,7 +16,7 @@ import torch
 
 from launch.launchers import local_command
 from tests.conftest import CONFIGS, GPT1, free_port
-from training.checkpoint import LATEST, load_weights
+from training.checkpoint import LATEST, latest, load_weights, prune
 from training.config import DeepSpeedConfig, ModelConfig, TrainConfig, TrainJob
 from training.metrics import read_metrics
 from training.model import GPT
@@ -95,6 +95,36 @@ def test_kill_9_then_rerun_reproduces_the_uninterrupted_loss_curve(trained, tiny
     output = finish(launch(out / "job.json"))
     assert f"resumed from {out / 'checkpoints' / f'step-{killed_at:08d}'}" in output
     assert curve(out) == curve(trained)  # loss, lr, grad norm and val loss, step by step, bit for bit
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_on_the_same_curve(trained, tiny_shards, tmp_path):
+    out = tmp_path / "stopped"
+    proc = launch(write_job(tiny_shards, out))
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not (out / "checkpoints" / LATEST).is_file():
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler does: every process of the job
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and not (out / "result.json").exists(), output[-2000:]
+    assert "stopped by a signal at step" in output
+    stopped_at = int((out / "checkpoints" / LATEST).read_text().removeprefix("step-"))
+    assert 10 <= stopped_at < 40 and not list((out / "checkpoints").glob("*.tmp"))
+
+    finish(launch(out / "job.json"))
+    assert curve(out) == curve(trained)
+
+
+def test_only_finished_checkpoints_count_and_old_ones_are_pruned(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (10, 20, 30, 40, 50):
+        (root / f"step-{step:08d}").mkdir(parents=True)
+        (root / f"step-{step:08d}" / "checkpoint.json").write_text("{}")
+    (root / "step-00000060.tmp").mkdir()  # killed mid-write: complete-looking, never renamed
+    (root / "step-00000060.tmp" / "checkpoint.json").write_text("{}")
+    (root / LATEST).write_text("step-00000050")
+    assert latest(root) == root / "step-00000050"
+    prune(root, keep=2, keep_every=20)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000020", "step-00000040", "step-00000050"]
 
 
 def test_export_loads_in_transformers_with_the_same_logits(trained, tmp_path):

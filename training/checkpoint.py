@@ -8,6 +8,10 @@
         tokenizer/         the tokenizer the model was trained with
     <root>/latest          the newest complete tag, replaced (atomically) only after every rank has written
 
+A checkpoint is written into `step-N.tmp/` and renamed to `step-N/` once every rank has finished,
+so a folder killed mid-write is never taken for a checkpoint. Then `latest` moves, and the oldest
+checkpoints beyond `train.keep_checkpoints` are deleted, except those `train.keep_every` keeps.
+
 Every file loads with `weights_only=True`, DeepSpeed's too (`resume` gives the engine a loader
 that allows only the few plain DeepSpeed types its state dicts hold). DeepSpeed is imported only
 where it is used, so reading a checkpoint's weights needs torch alone.
@@ -79,28 +83,42 @@ def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 def save(engine: Any, model: nn.Module, job: TrainJob, step: int, state: dict[str, Any]) -> Path:
     """Write checkpoint `step` under `job.out/checkpoints` from every rank; `latest` moves last."""
     root = job.out / "checkpoints"
-    folder = root / tag(step)
+    folder, work = root / tag(step), root / f"{tag(step)}.tmp"
     rank = dist.get_rank()
     if rank == 0:
-        if folder.exists():  # left by an attempt killed mid-write
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        shutil.rmtree(work, ignore_errors=True)  # left by an attempt killed mid-write
+        work.mkdir(parents=True)
     dist.barrier()
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save(rng, folder / f"rng-rank{rank}.pt")
+    torch.save(rng, work / f"rng-rank{rank}.pt")
     weights = full_weights(model)
-    engine.save_checkpoint(str(root), tag=tag(step), save_latest=False)
+    engine.save_checkpoint(str(root), tag=work.name, save_latest=False)
     if rank == 0:
-        torch.save(weights, folder / WEIGHTS)
-        shutil.copytree(job.tokenizer, folder / "tokenizer", ignore=shutil.ignore_patterns("manifest.json", ".*"))
+        torch.save(weights, work / WEIGHTS)
+        shutil.copytree(job.tokenizer, work / "tokenizer", ignore=shutil.ignore_patterns("manifest.json", ".*"))
         record = {"step": step, **state, "world_size": dist.get_world_size(), "job": job.model_dump(mode="json")}
-        write_json_atomic(folder / STATE, record)
+        write_json_atomic(work / STATE, record)
     dist.barrier()
     if rank == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        work.rename(folder)
         write_text_atomic(root / LATEST, tag(step))
+        prune(root, job.train.keep_checkpoints, job.train.keep_every)
+    dist.barrier()
     return folder
+
+
+def prune(root: Path, keep: int, keep_every: int | None) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints (and those at multiples of `keep_every`), and any
+    unfinished `.tmp` folder; returns what was deleted."""
+    steps = sorted(int(p.name.removeprefix("step-")) for p in root.glob("step-*") if p.name[5:].isdigit())
+    doomed = [root / tag(s) for s in steps[:-keep] if not (keep_every and s % keep_every == 0)]
+    doomed += list(root.glob("step-*.tmp"))
+    for folder in doomed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return doomed
 
 
 def resume(engine: Any, folder: Path) -> dict[str, Any]:

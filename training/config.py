@@ -105,6 +105,10 @@ class TrainConfig(BaseModel):
     """Micro-batches of validation data per evaluation."""
     checkpoint_every: int = Field(1000, gt=0, json_schema_extra={"hashed": False})
     """Save a checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = Field(3, ge=1, json_schema_extra={"hashed": False})
+    """How many of the newest checkpoints to keep; older ones are deleted unless kept by keep_every."""
+    keep_every: int | None = Field(None, gt=0, json_schema_extra={"hashed": False})
+    """Also keep, for good, every checkpoint whose step is a multiple of this; null keeps none."""
 
     @model_validator(mode="after")
     def _micro_fits_global(self) -> TrainConfig:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +36,32 @@ from training.model import GPT, lm_loss, perplexity
 log = logging.getLogger("gpt1.train")
 
 RESULT = "result.json"
+# Exit status (EX_TEMPFAIL) after stopping on a signal with a checkpoint saved; launch.launchers knows it too.
+PREEMPTED = 75
+
+
+class Preempted(Exception):
+    """The run stopped early on request, with a checkpoint of where it was."""
+
+
+class StopRequest:
+    """SIGTERM or SIGUSR1 (a scheduler's warning before the time limit) asks the run to stop at the
+    next logged step, after saving a checkpoint. Ranks agree through an all-reduce, so they all stop
+    at the same step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        if threading.current_thread() is threading.main_thread():  # Ray Train runs us in a thread
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def agreed(self, device: torch.device) -> bool:
+        flag = torch.tensor([float(self.signal is not None)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 def total_steps(train: TrainConfig, steps_per_epoch: int) -> int:
@@ -125,6 +153,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     else:
         torch.manual_seed(job.seed + rank)  # dropout differs between ranks
     metrics = Metrics(job.out, step, enabled=rank == 0)
+    stop = StopRequest()
     step_tokens = job.train.global_batch * data.seq_len
     flops, peak = model.flops_per_token(data.seq_len), peak_flops(device)
     log.info("training %d steps of %d tokens (%d windows, %.2f epochs) on %d %s process(es)", steps, step_tokens,
@@ -155,9 +184,15 @@ def train(job: TrainJob) -> dict[str, Any]:
                 val_loss = evaluate(engine, val, job.train, device)
                 metrics.write("val", step, {"loss": val_loss, "perplexity": perplexity(val_loss)})
                 log.info("step %d/%d: val loss %.4f, perplexity %.2f", step, steps, val_loss, perplexity(val_loss))
-            if step % job.train.checkpoint_every == 0 or last:
+            stopping = not last and step % job.train.log_every == 0 and stop.agreed(device)
+            if step % job.train.checkpoint_every == 0 or last or stopping:
                 folder = checkpoint.save(engine, model, job, step, {"tokens": tokens, "sampler": sampler.state_dict()})
                 log.info("step %d/%d: saved %s", step, steps, folder)
+            if stopping:
+                metrics.close()
+                log.warning("stopped by a signal at step %d of %d, checkpoint saved; start again to continue",
+                            step, steps)  # fmt: skip
+                raise Preempted
             if step % job.train.eval_every == 0 or step % job.train.checkpoint_every == 0:
                 since, since_step = time.perf_counter(), step  # evaluating and saving are not training time
     metrics.close()
@@ -195,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = TrainJob.model_validate_json(Path(args[0]).read_text())
         train(job)
+    except Preempted:
+        return PREEMPTED
     except (OSError, ValueError) as e:  # a bad job, missing shards or checkpoint, impossible batch
         log.error("error: %s", str(e).replace("\n", "; "))
         log.debug("traceback", exc_info=True)
