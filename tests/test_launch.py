@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,56 @@ def test_ray_launcher_trains_on_two_ray_train_workers(tiny_shards, tiny_out, ray
     assert state["world_size"] == 2
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["result"]["steps"] == 4 and manifest["result"]["val_loss"] > 0
+
+
+STAND_IN_SRUN = """#!/bin/bash
+# srun as a test stand-in: one local process per task, each with SLURM's variables; the worst status.
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do SLURM_PROCID=$i SLURM_LOCALID=$i "$@" & pids+=($!); done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status
+"""
+STAND_IN_SCONTROL = """#!/bin/bash
+if [ "$1" = show ]; then echo localhost; else echo "$@" >> "$SCONTROL_LOG"; fi
+"""
+
+
+def test_slurm_script_trains_under_srun_and_requeues_itself_when_warned(tiny_shards, tmp_path):
+    import psutil
+
+    from tests.conftest import free_port
+    from tests.test_training import write_job
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", STAND_IN_SRUN), ("scontrol", STAND_IN_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    job = write_job(tiny_shards, tmp_path / "out")
+    script = tmp_path / "pretrain.sbatch"
+    script.write_text(slurm_script(job, tmp_path, Slurm(nodes=1, gpus_per_node=2, master_port=free_port())))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "localhost",
+           "SLURM_NTASKS": "2", "SLURM_JOB_ID": "7", "SCONTROL_LOG": str(tmp_path / "scontrol.log")}  # fmt: skip
+
+    first = subprocess.Popen(
+        ["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    latest = tmp_path / "out" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None and not latest.is_file():
+        time.sleep(0.02)
+    for rank in psutil.Process(first.pid).children(recursive=True):
+        if rank.name().startswith("python") and "training.run" in rank.cmdline():
+            rank.send_signal(signal.SIGUSR1)  # SLURM's warning before the time limit, to the job's tasks
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode == 75, output[-2000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 7\n"
+    assert not (tmp_path / "out" / "result.json").exists()
+
+    again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    state = json.loads((tmp_path / "out" / "checkpoints" / "step-00000040" / "checkpoint.json").read_text())
+    assert result["steps"] == 40 and state["world_size"] == 2

@@ -156,8 +156,16 @@ def train(job: TrainJob) -> dict[str, Any]:
     stop = StopRequest()
     step_tokens = job.train.global_batch * data.seq_len
     flops, peak = model.flops_per_token(data.seq_len), peak_flops(device)
-    log.info("training %d steps of %d tokens (%d windows, %.2f epochs) on %d %s process(es)", steps, step_tokens,
-             len(data), steps / sampler.steps_per_epoch, world, device.type)  # fmt: skip
+    plan = {"world_size": world, "micro_batch": job.train.micro_batch,
+            "accumulation": engine.gradient_accumulation_steps(), "global_batch": job.train.global_batch,
+            "tokens_per_step": step_tokens, "steps": steps, "tokens": steps * step_tokens,
+            "epochs": steps / sampler.steps_per_epoch, "start_step": step}  # fmt: skip
+    metrics.write("run", step, plan)
+    log.info("%d %s process(es): %d sequences × %d accumulation × %d processes = %d sequences (%s tokens) per step; "
+             "%s steps (%.2f epochs), %s tokens%s", world, device.type, plan["micro_batch"], plan["accumulation"],
+             world, plan["global_batch"], f"{step_tokens:,}", f"{steps:,}", plan["epochs"], f"{plan['tokens']:,}",
+             f", from step {step:,}" if step else "")  # fmt: skip
+    estimated = False
 
     with progress_bar() as progress:
         bar = progress.add_task("train", total=steps, completed=step, visible=rank == 0)
@@ -179,6 +187,11 @@ def train(job: TrainJob) -> dict[str, Any]:
                     "mfu": rate * flops / (peak * world) if peak else None, "memory_gb": memory_gb(device),
                 })  # fmt: skip
                 progress.update(bar, description=f"train loss {mean_loss:.3f}, {rate:,.0f} tokens/s")
+                if not estimated:
+                    log.info(
+                        "at %s tokens/s, about %s to go", f"{rate:,.0f}", _duration((steps - step) * step_tokens / rate)
+                    )
+                    estimated = True
                 since, since_step = time.perf_counter(), step
             if step % job.train.eval_every == 0 or last:
                 val_loss = evaluate(engine, val, job.train, device)
@@ -201,6 +214,11 @@ def train(job: TrainJob) -> dict[str, Any]:
         write_json_atomic(job.out / RESULT, result)
     dist.barrier()
     return result
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def summarize(out: Path) -> dict[str, Any]:
