@@ -200,3 +200,34 @@ def test_bad_training_options_fail_clearly(tiny_shards, tiny_out, ray_address, a
     assert proc.returncode == 2, proc.stderr
     assert message in " ".join(proc.stderr.split())
     assert "Traceback" not in proc.stderr
+
+
+def test_a_rank_that_fails_stops_the_whole_job_with_one_line(tiny_shards, tmp_path):
+    """Rank 1 meets token ids beyond the vocabulary at step 3; rank 0 must not wait for it forever."""
+    import shutil
+
+    import numpy as np
+
+    from training.data import Sampler, TokenWindows
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards[0], shards)
+    windows = TokenWindows(shards, "train")
+    sampler = Sampler(len(windows), TRAIN.global_batch, seed=7, rank=1, world_size=2)
+    bad = [sampler.next_batch() for _ in range(3)][-1][0]  # rank 1's first window of step 3
+    shard = int(np.searchsorted(windows.starts, bad, side="right")) - 1
+    index = json.loads((shards / "index.json").read_text())
+    path = shards / index["splits"]["train"]["shards"][shard]["file"]
+    tokens = np.memmap(path, dtype=np.uint16, mode="r+", offset=64)
+    at = (bad - windows.starts[shard]) * windows.seq_len
+    tokens[at : at + 10] = 65535
+    tokens.flush()
+    del tokens, windows
+
+    job = write_job((shards, tiny_shards[1]), tmp_path / "out")
+    t0 = time.monotonic()
+    proc = launch(job)
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode != 0 and time.monotonic() - t0 < 90
+    assert "rank 1 failed: IndexError: index out of range" in output, output[-3000:]
+    assert "Traceback" not in output

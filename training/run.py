@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,11 @@ log = logging.getLogger("gpt1.train")
 RESULT = "result.json"
 # Exit status (EX_TEMPFAIL) after stopping on a signal with a checkpoint saved; launch.launchers knows it too.
 PREEMPTED = 75
+
+
+# How long a rank waits in a collective for the others before giving up: a backstop, since the
+# launchers (deepspeed, srun --kill-on-bad-exit, Ray Train) stop every rank as soon as one fails.
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
 class Preempted(Exception):
@@ -80,9 +86,7 @@ def init_process() -> torch.device:
     """Join the process group (NCCL on GPUs, gloo on CPU) from the launcher's environment."""
     import deepspeed
 
-    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:  # started by srun directly
-        os.environ.update(RANK=os.environ["SLURM_PROCID"], LOCAL_RANK=os.environ["SLURM_LOCALID"],
-                          WORLD_SIZE=os.environ["SLURM_NTASKS"])  # fmt: skip
+    _from_slurm()
     if "WORLD_SIZE" not in os.environ:  # one process, started directly: a private rendezvous
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))  # fmt: skip
@@ -91,8 +95,15 @@ def init_process() -> torch.device:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return device
+
+
+def _from_slurm() -> None:
+    """Under `srun` (no launcher), torch's variables come from SLURM's."""
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:
+        os.environ.update(RANK=os.environ["SLURM_PROCID"], LOCAL_RANK=os.environ["SLURM_LOCALID"],
+                          WORLD_SIZE=os.environ["SLURM_NTASKS"])  # fmt: skip
 
 
 def train_step(engine: Any, windows: TokenWindows, indices: list[int], micro: int,
@@ -240,7 +251,8 @@ def summarize(out: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    setup_logging()
+    _from_slurm()
+    setup_logging(1 if os.environ.get("GPT1_DEBUG") else 0)
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)  # DeepSpeed's call
     if len(args) != 1:
         log.error("usage: python -m training.run JOB.json")
@@ -254,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("error: %s", str(e).replace("\n", "; "))
         log.debug("traceback", exc_info=True)
         return 2
+    except Exception as e:  # one line here; the launcher stops the other ranks
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        log.error("rank %s failed: %s: %s (GPT1_DEBUG=1 shows the traceback)", os.environ.get("RANK", "0"),
+                  type(e).__name__, message)  # fmt: skip
+        log.debug("traceback", exc_info=True)
+        return 1
     return 0
 
 
