@@ -271,3 +271,27 @@ def results_table(folder: Path) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
+
+
+@app.command()
+def doctor(
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes for the all-reduce check.")] = 2,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where runs will write; its free disk is checked.")] = (
+        Path("runs")
+    ),
+    master_port: MasterPortOpt = None,
+) -> None:
+    """Check this host before a long job: Python, torch, CUDA and NCCL, GPUs, DeepSpeed, free disk,
+    and an all-reduce across NPROC processes (gloo on CPU, NCCL on GPUs). Exit 1 if any check fails."""
+    from launch.doctor import run_checks
+    from training.run import free_port
+
+    checks = run_checks(nproc, out_dir, master_port or free_port())
+    table = Table(title="gpt1 doctor", title_justify="left")
+    for column in ("check", "result", "detail"):
+        table.add_column(column)
+    for c in checks:
+        table.add_row(c.name, "[green]pass[/]" if c.ok else "[bold red]FAIL[/]", escape(c.detail))
+    console.print(table)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
