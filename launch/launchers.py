@@ -12,8 +12,10 @@ sbatch reads without a shell, only take values checked against a strict pattern.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,24 @@ def read_hostfile(path: Path) -> dict[str, int]:
     if not hosts:
         raise LaunchError(f"{path}: no hosts listed")
     return hosts
+
+
+def hostfile_from_slurm(path: Path, slots: int) -> Path:
+    """Write a hostfile listing every node of the current SLURM allocation with `slots` processes each."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        raise LaunchError("--from-slurm: SLURM_JOB_NODELIST is not set; run inside an allocation (salloc or sbatch)")
+    if slots < 1:
+        raise LaunchError(f"--gpus-per-node must be at least 1 (got {slots})")
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                               check=True).stdout.split()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise LaunchError(f"--from-slurm: scontrol show hostnames {nodelist!r} failed: {e}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{host} slots={slots}\n" for host in hosts))
+    read_hostfile(path)  # the same checks as a hand-written one
+    return path
 
 
 def hosts_command(job_file: Path, hostfile: Path, master_port: int, master_addr: str | None = None) -> list[str]:

@@ -126,8 +126,11 @@ def launch_local(config: ConfigArg, set_: SetOpt = None, nproc: NprocOpt = None,
 @launch_app.command("hosts")
 def launch_hosts(
     config: ConfigArg,
-    hostfile: Annotated[Path, typer.Option("--hostfile", help="DeepSpeed hostfile: one 'HOST slots=N' per line.",
-                                           show_default=False)],
+    hostfile: Annotated[Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile: one 'HOST slots=N' per "
+                                                  "line.", show_default=False)] = None,
+    from_slurm: Annotated[bool, typer.Option("--from-slurm", help="Build the hostfile from this SLURM allocation's "
+                                             "nodes, --gpus-per-node slots each.")] = False,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="Slots per node with --from-slurm.")] = 8,
     set_: SetOpt = None,
     master_addr: Annotated[str | None, typer.Option("--master-addr", help="Rendezvous host [default: the first "
                                                     "host].", show_default=False)] = None,
@@ -136,8 +139,12 @@ def launch_hosts(
     """Pretrain over every host of a hostfile with the `deepspeed` launcher (it reaches the hosts with
     pdsh or ssh). The project, Python and the run folder must be at the same paths on every host."""
     cfg = load(config, set_)
-    with user_errors():
-        launchers.read_hostfile(hostfile)  # fail before any stage runs
+    with user_errors():  # fail before any stage runs
+        if from_slurm == (hostfile is not None):
+            raise LaunchError("give --hostfile or --from-slurm (one of them)")
+        if from_slurm:
+            hostfile = launchers.hostfile_from_slurm(cfg.run_dir / "hostfile", gpus_per_node)
+        launchers.read_hostfile(hostfile)
 
     def start(job: Path) -> None:
         check_exit(subprocess.run(launchers.hosts_command(job, hostfile, master_port, master_addr)))

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from launch.launchers import LaunchError, Slurm, hosts_command, local_command, read_hostfile, slurm_script
+from launch.launchers import (
+    LaunchError,
+    Slurm,
+    hostfile_from_slurm,
+    hosts_command,
+    local_command,
+    read_hostfile,
+    slurm_script,
+)
 from tests.conftest import CONFIGS, GPT1
 
 
@@ -179,3 +187,25 @@ def test_slurm_script_trains_under_srun_and_requeues_itself_when_warned(tiny_sha
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     state = json.loads((tmp_path / "out" / "checkpoints" / "step-00000040" / "checkpoint.json").read_text())
     assert result["steps"] == 40 and state["world_size"] == 2
+
+
+def test_hostfile_is_built_from_the_slurm_allocation(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = '#!/bin/bash\n[ "$*" = "show hostnames node-[1-2]" ] && printf "node-1\\nnode-2\\n"\n'
+    (bin_dir / "scontrol").write_text(stand_in)
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node-[1-2]")
+    path = hostfile_from_slurm(tmp_path / "run" / "hostfile", 8)
+    assert path.read_text() == "node-1 slots=8\nnode-2 slots=8\n"
+    assert read_hostfile(path) == {"node-1": 8, "node-2": 8}
+
+
+def test_from_slurm_outside_an_allocation_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_NODELIST"}
+    proc = subprocess.run([GPT1, "launch", "hosts", str(CONFIGS / "tiny.yaml"), "--from-slurm", "--set",
+                           f"run.out_dir={tmp_path}"], capture_output=True, text=True, env=env)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: --from-slurm: SLURM_JOB_NODELIST is not set; run inside an allocation "
+                                   "(salloc or sbatch)")  # fmt: skip
