@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from launch.launchers import local_command
+
 MIN_FREE_GB = 5.0
 
 
@@ -65,9 +67,7 @@ def disk_check(out_dir: Path) -> Check:
 
 def collective_check(nproc: int, port: int, timeout: float = 180) -> Check:
     """A tiny all-reduce across `nproc` processes started by the `deepspeed` launcher."""
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_nodes", "1", "--num_gpus", str(nproc),
-           "--master_port", str(port), "--log_level", "error", "--no_local_rank", "--module",
-           "training.probe"]  # fmt: skip
+    cmd = local_command(None, nproc, port, module="training.probe")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -32,17 +32,18 @@ def default_nproc() -> int:
     return torch.cuda.device_count() or 1
 
 
-def _deepspeed(*args: str, job_file: Path) -> list[str]:
+def _deepspeed(*args: str, module: list[str]) -> list[str]:
+    """The `deepspeed` runner with launcher options `args`, starting `python -m module[0] module[1:]`."""
     return [sys.executable, "-m", "deepspeed.launcher.runner", *args, "--log_level", "warning", "--no_local_rank",
-            "--module", "training.run", str(job_file)]  # fmt: skip
+            "--module", *module]  # fmt: skip
 
 
-def local_command(job_file: Path, nproc: int, master_port: int) -> list[str]:
-    """The `deepspeed` launcher starting `nproc` processes on this host."""
+def local_command(job_file: Path | None, nproc: int, master_port: int, module: str = "training.run") -> list[str]:
+    """The `deepspeed` launcher starting `nproc` processes of `module` (given `job_file`) on this host."""
     if nproc < 1:
         raise LaunchError(f"--nproc must be at least 1 (got {nproc})")
     return _deepspeed("--num_nodes", "1", "--num_gpus", str(nproc), "--master_port", str(master_port),
-                      job_file=job_file)  # fmt: skip
+                      module=[module] if job_file is None else [module, str(job_file)])  # fmt: skip
 
 
 HOST_LINE = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*)\s+slots=(?P<slots>\d+)$")
@@ -94,7 +95,7 @@ def hosts_command(job_file: Path, hostfile: Path, master_port: int, master_addr:
     hosts = read_hostfile(hostfile)
     addr = master_addr or next(iter(hosts))
     return _deepspeed("--hostfile", str(hostfile), "--master_addr", addr, "--master_port", str(master_port),
-                      job_file=job_file)  # fmt: skip
+                      module=["training.run", str(job_file)])  # fmt: skip
 
 
 # Exit status of a training process stopped by a signal after its checkpoint (training.run.PREEMPTED).
