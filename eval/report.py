@@ -69,22 +69,20 @@ def score_table(eval_dir: Path) -> tuple[list[str], list[list[str]], list[dict[s
 
 def results_section(eval_dir: Path) -> list[Block]:
     """Our score (mean ± std over seeds) per scored split and variant, with the paper's beside it."""
-    from eval.metrics import glue_average
     from eval.tasks import TASKS
 
     header, rows, results = score_table(eval_dir)
     if not results:
         return [Block("h2", "Fine-tuning"), Block("p", "No tasks were configured (eval.tasks is empty).")]
     variants = header[4:-1]
-    full = {name: {m: v["mean"] for m, v in metrics.items()}
-            for r in results for name, metrics in r["summary"].get("full", {}).items()}  # fmt: skip
     blocks = [Block("h2", "Fine-tuning results"), _table(header, rows)]
     seeds = sorted({len(r["config"]["seeds"]) for r in results})
     notes = [f"Scores in percent: the final model after {results[0]['config']['epochs']} epochs, mean over "
              f"{'/'.join(map(str, seeds))} seed(s) (± the standard deviation where there are several)."]  # fmt: skip
-    glue = glue_average(full)
+    glue = _manifest(eval_dir).get("glue")  # computed by the eval stage
     if glue:
-        notes.append(f"GLUE average over {', '.join(glue[1])}: {glue[0]:.1f} (paper: {PAPER_GLUE}, all nine tasks).")
+        notes.append(f"GLUE average over {', '.join(glue['tasks'])}: {glue['average']:.1f} (paper: {PAPER_GLUE}, "
+                     "all nine tasks).")  # fmt: skip
     if any(TASKS[r["task"]].glue for r in results):
         notes.append("GLUE tasks are scored here on dev; the paper's GLUE scores are from the test server.")
     if len(variants) > 1:
@@ -167,14 +165,10 @@ def data_section(data_dir: Path, tokenizer_dir: Path, shards_dir: Path) -> list[
     counts = _manifest(data_dir).get("counts")
     blocks = [Block("h2", "Data")]
     if counts:
-        columns = {**counts["sources"], "total": counts}
-        reasons = sorted({r for c in columns.values() for r in c["rejected"]})
-        rows = [["in", *[f"{c['in']:,}" for c in columns.values()]]]
-        rows += [[f"rejected: {r}", *[f"{c['rejected'].get(r, 0):,}" for c in columns.values()]] for r in reasons]
-        rows += [[label, *[f"{c[key]:,}" for c in columns.values()]] for label, key in
-                 (("duplicates", "duplicates"), ("kept", "kept"), ("train", "train"), ("val", "val"))]  # fmt: skip
+        from pipeline.data_stage import funnel_rows
+
         note = "Documents per source: every document in is kept, rejected with a reason, or a duplicate."
-        blocks += [Block("p", note), _table(["documents", *columns], rows)]
+        blocks += [Block("p", note), _table(*funnel_rows(counts))]
     splits = _manifest(shards_dir).get("splits", {})
     if splits:
         rows = [[s, f"{t['tokens']:,}", f"{t['documents']:,}", t["files"]] for s, t in splits.items()]

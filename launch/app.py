@@ -25,7 +25,7 @@ from pipeline.log import console, setup_logging
 from pipeline.runner import Runner, StageError, StageOutcome
 from pipeline.shard_format import ShardFormatError
 from tokenizer.bpe import TokenizerError
-from training.config import CheckpointError
+from training.config import PREEMPTED, CheckpointError
 
 app = typer.Typer(
     help=__doc__,
@@ -140,7 +140,7 @@ def start_local(cfg: Config, nproc: int | None, master_port: int | None) -> Star
 
 
 def check_exit(proc: subprocess.CompletedProcess) -> None:
-    if proc.returncode == launchers.PREEMPTED:
+    if proc.returncode == PREEMPTED:
         raise StageError("pretraining stopped on a signal after saving a checkpoint; run again to continue")
     if proc.returncode:
         raise StageError(f"pretraining failed (exit status {proc.returncode}); its log is above")

@@ -273,18 +273,15 @@ def shards_inspect(
 
 def funnel_table(counts: dict) -> Table:
     """Documents in, rejected by reason, duplicates and kept: a column per source and the total."""
-    columns = {**counts["sources"], "total": counts}
-    reasons = sorted({r for c in columns.values() for r in c["rejected"]})
+    from pipeline.data_stage import funnel_rows
+
+    header, rows = funnel_rows(counts)
     table = Table(title="documents", title_justify="left")
     table.add_column("")
-    for name in columns:
+    for name in header[1:]:
         table.add_column(name, justify="right")
-    rows = [("in", lambda c: c["in"])]
-    rows += [(f"rejected: {r}", lambda c, r=r: c["rejected"].get(r, 0)) for r in reasons]
-    rows += [("duplicates", lambda c: c["duplicates"]), ("kept", lambda c: c["kept"]),
-             ("  train", lambda c: c["train"]), ("  val", lambda c: c["val"])]  # fmt: skip
-    for label, value in rows:
-        table.add_row(label, *[f"{value(c):,}" for c in columns.values()], end_section=label in ("in", "duplicates"))
+    for row in rows:
+        table.add_row(*row, end_section=row[0] in ("in", "duplicates"))
     return table
 
 

@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.config import PREEMPTED
+
 
 class LaunchError(ValueError):
     """A launcher option or file that cannot be used."""
@@ -98,8 +100,6 @@ def hosts_command(job_file: Path, hostfile: Path, master_port: int, master_addr:
                       module=["training.run", str(job_file)])  # fmt: skip
 
 
-# Exit status of a training process stopped by a signal after its checkpoint (training.run.PREEMPTED).
-PREEMPTED = 75
 # Seconds of warning (SIGUSR1) SLURM gives before the time limit: enough to finish a step and save.
 WARNING_SECONDS = 180
 # What sbatch accepts for each option we write: names, and SLURM's time formats.

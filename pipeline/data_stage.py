@@ -235,3 +235,15 @@ def _shape(c: Counter) -> dict[str, Any]:
     rejected = {k.removeprefix("rejected."): v for k, v in sorted(c.items()) if k.startswith("rejected.")}
     return {"in": c["in"], "kept": c["train"] + c["val"], "train": c["train"], "val": c["val"],
             "duplicates": c["duplicates"], "rejected": rejected}  # fmt: skip
+
+
+def funnel_rows(counts: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The document funnel as a table: a column per source and the total; rows in, rejected by reason,
+    duplicates, kept, and the kept split into train and val."""
+    columns = {**counts["sources"], "total": counts}
+    reasons = sorted({r for c in columns.values() for r in c["rejected"]})
+    values = [("in", lambda c: c["in"])]
+    values += [(f"rejected: {r}", lambda c, r=r: c["rejected"].get(r, 0)) for r in reasons]
+    values += [("duplicates", lambda c: c["duplicates"]), ("kept", lambda c: c["kept"]),
+               ("  train", lambda c: c["train"]), ("  val", lambda c: c["val"])]  # fmt: skip
+    return ["documents", *columns], [[label, *[f"{value(c):,}" for c in columns.values()]] for label, value in values]

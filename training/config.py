@@ -7,6 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Exit status (EX_TEMPFAIL) of a training process stopped by a signal after saving a checkpoint; here,
+# beside the configs, so launchers can use it without importing torch.
+PREEMPTED = 75
+
 
 class CheckpointError(ValueError):
     """A checkpoint folder that is missing, incomplete or not ours. (Defined here, beside the

@@ -28,7 +28,7 @@ from pipeline.log import setup_logging
 from pipeline.progress import progress_bar
 from pipeline.runner import write_json_atomic
 from training import checkpoint
-from training.config import TrainConfig, TrainJob
+from training.config import PREEMPTED, TrainConfig, TrainJob
 from training.data import Sampler, TokenWindows
 from training.engine import build_engine, wrap
 from training.metrics import Metrics, memory_gb, peak_flops, read_metrics
@@ -37,8 +37,6 @@ from training.model import GPT, lm_loss, perplexity
 log = logging.getLogger("gpt1.train")
 
 RESULT = "result.json"
-# Exit status (EX_TEMPFAIL) after stopping on a signal with a checkpoint saved; launch.launchers knows it too.
-PREEMPTED = 75
 
 
 # How long a rank waits in a collective for the others before giving up: a backstop, since the
