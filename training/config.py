@@ -106,13 +106,17 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(500, gt=0)
     """Measure validation loss every this many steps (and at the end)."""
     eval_batches: int = Field(20, gt=0)
-    """Micro-batches of validation data per evaluation."""
+    """Micro-batches of validation data per evaluation, in all: split over the processes, so the
+    validation loss is over the same windows whatever their number."""
     checkpoint_every: int = Field(1000, gt=0, json_schema_extra={"hashed": False})
     """Save a checkpoint every this many steps (and at the end)."""
     keep_checkpoints: int = Field(3, ge=1, json_schema_extra={"hashed": False})
     """How many of the newest checkpoints to keep; older ones are deleted unless kept by keep_every."""
     keep_every: int | None = Field(None, gt=0, json_schema_extra={"hashed": False})
     """Also keep, for good, every checkpoint whose step is a multiple of this; null keeps none."""
+    record_windows: bool = Field(False, json_schema_extra={"hashed": False})
+    """Write the window indices each step trains on (every rank's, in rank order) to metrics.jsonl:
+    an audit of the data order across restarts and changes in the number of processes."""
 
     @model_validator(mode="after")
     def _micro_fits_global(self) -> TrainConfig:

@@ -3,7 +3,9 @@
 
 A run resumes from `OUT/checkpoints/latest` whenever there is one: the model, optimizer, LR
 schedule, sampler position and RNG come back, so the loss curve continues exactly (bit for bit on
-CPU) where it stopped. When the last step is already done it only writes `result.json`.
+CPU) where it stopped. On another number of processes it continues too, with the same global
+batch (accumulation recomputed), learning rate and next batch (see `training.checkpoint`). When the
+last step is already done it only writes `result.json`.
 """
 
 from __future__ import annotations
@@ -119,9 +121,10 @@ def train_step(engine: Any, windows: TokenWindows, indices: list[int], micro: in
 
 @torch.no_grad()
 def evaluate(engine: Any, windows: TokenWindows, train: TrainConfig, device: torch.device) -> float:
-    """Mean loss over the first eval_batches micro-batches per rank of the validation windows."""
+    """Mean loss over the first eval_batches × micro_batch validation windows, split over the ranks:
+    the same windows on any number of processes (rounded down to a multiple of it)."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    n = min(len(windows), train.eval_batches * train.micro_batch * world) // world * world
+    n = min(len(windows), train.eval_batches * train.micro_batch) // world * world
     mine = list(range(rank, n, world))  # the same count on every rank, so ZeRO-3 gathers stay in step
     total = torch.zeros(2, dtype=torch.float64, device=device)
     engine.eval()
@@ -132,6 +135,13 @@ def evaluate(engine: Any, windows: TokenWindows, train: TrainConfig, device: tor
     engine.train()
     dist.all_reduce(total)
     return (total[0] / total[1]).item() if total[1] else float("nan")
+
+
+def gathered(indices: list[int]) -> list[int]:
+    """Every rank's windows of this step, in rank order: the step's global batch."""
+    parts: list[list[int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, indices)
+    return [i for part in parts for i in part]
 
 
 def mean_over_ranks(value: torch.Tensor) -> float:
@@ -155,7 +165,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     step, tokens = 0, 0
     found = checkpoint.latest(job.out / "checkpoints")
     if found:
-        record = checkpoint.resume(engine, found)
+        record = checkpoint.resume(engine, model, found)
         step, tokens = record["step"], record["tokens"]
         sampler.load_state_dict(record["sampler"])
         log.info("resumed from %s (step %d of %d)", found, step, steps)
@@ -180,8 +190,10 @@ def train(job: TrainJob) -> dict[str, Any]:
         bar = progress.add_task("train", total=steps, completed=step, visible=rank == 0)
         since, since_step = time.perf_counter(), step
         while step < steps:
-            lr = engine.get_lr()[0]
-            loss = train_step(engine, data, sampler.next_batch(), job.train.micro_batch, device)
+            lr, indices = engine.get_lr()[0], sampler.next_batch()
+            if job.train.record_windows:
+                metrics.write("windows", step + 1, {"windows": gathered(indices)})
+            loss = train_step(engine, data, indices, job.train.micro_batch, device)
             step, tokens = step + 1, tokens + step_tokens
             progress.advance(bar)
             last = step == steps
