@@ -51,9 +51,10 @@ class Preempted(Exception):
 
 
 class StopRequest:
-    """SIGTERM or SIGUSR1 (a scheduler's warning before the time limit) asks the run to stop at the
-    next logged step, after saving a checkpoint. Ranks agree through an all-reduce, so they all stop
-    at the same step."""
+    """SIGTERM or SIGUSR1 (a scheduler's warning before the time limit) asks the run to stop when
+    the current step is done, after saving a checkpoint. Ranks agree through an all-reduce after
+    every step (one number; the step's own collectives already wait for every rank), so they all
+    stop at the same step, whichever of them got the signal."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -218,7 +219,7 @@ def train(job: TrainJob) -> dict[str, Any]:
                 val_loss = evaluate(engine, val, job.train, device)
                 metrics.write("val", step, {"loss": val_loss, "perplexity": perplexity(val_loss)})
                 log.info("step %d/%d: val loss %.4f, perplexity %.2f", step, steps, val_loss, perplexity(val_loss))
-            stopping = not last and step % job.train.log_every == 0 and stop.agreed(device)
+            stopping = not last and stop.agreed(device)
             if step % job.train.checkpoint_every == 0 or last or stopping:
                 folder = checkpoint.save(engine, model, job, step, {"tokens": tokens, "sampler": sampler.state_dict()})
                 log.info("step %d/%d: saved %s", step, steps, folder)
