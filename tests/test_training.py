@@ -42,9 +42,14 @@ def write_job(shards: tuple[Path, dict], out: Path, train: TrainConfig = TRAIN, 
     return out / "job.json"
 
 
-def launch(job: Path, nproc: int = 2, **popen) -> subprocess.Popen:
-    return subprocess.Popen(local_command(job, nproc, free_port()), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, **popen)  # fmt: skip
+def launch(job: Path, nproc: int = 2, port: int | None = None) -> subprocess.Popen:
+    return subprocess.Popen(local_command(job, nproc, port or free_port()), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+
+
+def shared_memory_left(port: int) -> list[Path]:
+    """DeepSpeed's CPU all-reduce buffers of the job that used this rendezvous port."""
+    return list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_*"))
 
 
 def finish(proc: subprocess.Popen) -> str:
@@ -105,14 +110,16 @@ def test_two_process_deepspeed_run_lowers_the_loss(trained):
 def test_kill_9_then_rerun_reproduces_the_uninterrupted_loss_curve(trained, tiny_shards, tmp_path):
     out = tmp_path / "killed"
     root, writing = out / "checkpoints", out / "checkpoints" / "step-00000020.tmp"
-    killed_at = kill_when(launch(write_job(tiny_shards, out)), out, writing.is_dir)
+    ports = free_port(), free_port()
+    killed_at = kill_when(launch(write_job(tiny_shards, out), port=ports[0]), out, writing.is_dir)
     # Killed while step 20 was being written (unless its rename won the race): never taken as latest.
     assert killed_at == 10 if writing.exists() else killed_at in (10, 20)
 
-    output = finish(launch(out / "job.json"))
+    output = finish(launch(out / "job.json", port=ports[1]))
     assert f"resumed from {root / f'step-{killed_at:08d}'}" in output
     assert curve(out) == curve(trained)  # loss, lr, grad norm and val loss, step by step, bit for bit
     assert not list(root.glob("*.tmp"))
+    assert not shared_memory_left(ports[0]) and not shared_memory_left(ports[1])  # killed or finished
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_on_the_same_curve(trained, tiny_shards, tmp_path):

@@ -97,7 +97,22 @@ def init_process() -> torch.device:
     else:
         device = torch.device("cpu")
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    _release_shared_memory()
     return device
+
+
+def _release_shared_memory() -> None:
+    """DeepSpeed's CPU all-reduce (all ranks on one host) maps a shared-memory buffer per rank,
+    /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank> (69 MB), and never removes it,
+    so every run, finished or killed, leaves them behind. Once every rank has mapped every buffer
+    (they do so inside init_distributed), each removes its name; the memory itself is freed when
+    the last process using it exits, however it exits."""
+    if os.environ.get("LOCAL_SIZE") != os.environ["WORLD_SIZE"]:  # DeepSpeed uses these buffers only then
+        return
+    dist.barrier()
+    env = os.environ
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env['MASTER_ADDR']}_{env['MASTER_PORT']}_{dist.get_rank()}"
+    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def _from_slurm() -> None:
