@@ -6,7 +6,8 @@ DeepSpeed's files against resuming from the consolidated state.
 Our save writes DeepSpeed's files plus what lets a checkpoint resume on any number of processes:
 the full fp32 weights (`model.pt`) and AdamW's moments (`optimizer.pt`), gathered from every
 partition. The ratio says what that costs over DeepSpeed's own save of the same engine, in this
-one process, after one training step. Resuming is timed both ways: with the layout the checkpoint
+one process, after one training step: the median of a few saves taken in turns, each until its
+files are on disk (`os.sync`). Resuming is timed both ways: with the layout the checkpoint
 was written with (DeepSpeed's files) and with another ZeRO stage (the consolidated state, as on
 another number of processes).
 """
@@ -14,6 +15,8 @@ another number of processes).
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,9 +34,12 @@ from training.run import init_process
 VOCAB = 40_478
 
 
-def seconds(work: Callable[[], Any]) -> float:
+def seconds(work: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
+    """`work(*args, **kwargs)` until what it wrote is on disk (else the next call pays for its writes)."""
+    os.sync()
     t0 = time.perf_counter()
-    work()
+    work(*args, **kwargs)
+    os.sync()
     return time.perf_counter() - t0
 
 
@@ -52,18 +58,21 @@ def trained_engine(cfg: ModelConfig, train: TrainConfig, zero: int, device: torc
     return model, engine
 
 
-def time_saves(cfg: ModelConfig, train: TrainConfig, job: TrainJob, device: torch.device) -> tuple[float, float]:
-    """Seconds of DeepSpeed's save_checkpoint, then of ours, of the same engine."""
+def time_saves(cfg: ModelConfig, train: TrainConfig, job: TrainJob, device: torch.device,
+               repeats: int) -> tuple[float, float]:  # fmt: skip
+    """Median seconds of DeepSpeed's save_checkpoint and of ours, of the same engine, taken in turns."""
     model, engine = trained_engine(cfg, train, job.deepspeed.zero_stage, device)
-    theirs = seconds(lambda: engine.save_checkpoint(str(job.out.parent / "deepspeed"), tag="step-1",
-                                                    save_latest=False))  # fmt: skip
-    ours = seconds(lambda: checkpoint.save(engine, model, job, 1, {"tokens": 0, "sampler": {}}))
-    return theirs, ours
+    theirs, ours = [], []
+    for i in range(repeats):
+        theirs.append(seconds(engine.save_checkpoint, str(job.out.parent / "deepspeed"), tag=f"step-{i}",
+                              save_latest=False))  # fmt: skip
+        ours.append(seconds(checkpoint.save, engine, model, job, i + 1, {"tokens": 0, "sampler": {}}))
+    return statistics.median(theirs), statistics.median(ours)
 
 
 def time_resume(cfg: ModelConfig, train: TrainConfig, zero: int, folder: Path, device: torch.device) -> float:
     model, engine = trained_engine(cfg, train, zero, device)
-    return seconds(lambda: checkpoint.resume(engine, model, folder))
+    return seconds(checkpoint.resume, engine, model, folder)
 
 
 def main() -> None:
@@ -71,6 +80,7 @@ def main() -> None:
     parser.add_argument("--preset", default="gpt1")
     parser.add_argument("--zero", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="Where to write (a temporary folder by default).")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     device = init_process()
@@ -83,7 +93,7 @@ def main() -> None:
     job = TrainJob(model=cfg, train=train, deepspeed=DeepSpeedConfig(zero_stage=args.zero), shards=out,
                    tokenizer=tokenizer, out=out / "ours")  # fmt: skip
 
-    theirs, ours = time_saves(cfg, train, job, device)
+    theirs, ours = time_saves(cfg, train, job, device, args.repeats)
     folder = checkpoint.latest(job.out / "checkpoints")
     other = 2 if args.zero != 2 else 1
     resumed = {
@@ -95,7 +105,7 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}; model {args.preset}, {GPT(cfg).num_params():,} parameters, "
           f"ZeRO {args.zero}, 1 process")  # fmt: skip
     print(f"{'operation':<40}{'seconds':>9}{'GB written':>12}")
-    print(f"{'save: DeepSpeed save_checkpoint':<40}{theirs:>9.2f}{gigabytes(out / 'deepspeed'):>12.2f}")
+    print(f"{'save: DeepSpeed save_checkpoint':<40}{theirs:>9.2f}{gigabytes(out / 'deepspeed') / args.repeats:>12.2f}")
     print(f"{'save: ours (+ model.pt, optimizer.pt)':<40}{ours:>9.2f}{gigabytes(folder):>12.2f}")
     for label, t in resumed.items():
         print(f"{label:<40}{t:>9.2f}")
