@@ -28,7 +28,7 @@ from training.model import GPT
 TRAIN = TrainConfig(global_batch=16, micro_batch=4, max_steps=40, lr=1e-3, warmup_steps=5, log_every=1, eval_every=10,
                     eval_batches=4, checkpoint_every=10)  # fmt: skip
 # What depends on timing, not on the computation.
-TIMING = ("tokens_per_s", "memory_gb", "mfu")
+TIMING = ("tokens_per_s", "memory_gb", "mfu", "eta_s")
 
 
 def write_job(shards: tuple[Path, dict], out: Path, train: TrainConfig = TRAIN, dropout: float = 0.1) -> Path:
@@ -100,7 +100,8 @@ def test_two_process_deepspeed_run_lowers_the_loss(trained):
     state = json.loads((trained / "checkpoints/step-00000040/checkpoint.json").read_text())
     assert state["world_size"] == 2 and state["sampler"]["position"] == 40 * 16
     assert (trained / "checkpoints" / LATEST).read_text() == "step-00000040"
-    assert all(r["lr"] > 0 and r["grad_norm"] > 0 for r in records if r["split"] == "train")
+    assert all(r["lr"] > 0 and r["grad_norm"] > 0 and r["eta_s"] >= 0 for r in records if r["split"] == "train")
+    assert records[-2]["split"] == "train" and records[-2]["eta_s"] == 0  # the last step; its validation follows
     optimizer = torch.load(trained / "checkpoints/step-00000040/optimizer.pt", weights_only=True)
     assert optimizer["exp_avg"].keys() == optimizer["exp_avg_sq"].keys() == load_weights(trained)[1].keys()
     assert optimizer["step"] == 40 and optimizer["schedule"]["last_epoch"] == 40

@@ -218,16 +218,16 @@ def train(job: TrainJob) -> dict[str, Any]:
                 seconds = time.perf_counter() - since
                 rate = step_tokens * (step - since_step) / seconds
                 grad_norm = engine.get_global_grad_norm()
+                seconds_left = (steps - step) * step_tokens / rate
                 metrics.write("train", step, {
                     "loss": mean_loss, "lr": lr, "tokens": tokens, "tokens_per_s": rate,
                     "grad_norm": None if grad_norm is None else float(grad_norm),
                     "mfu": rate * flops / (peak * world) if peak else None, "memory_gb": memory_gb(device),
+                    "eta_s": seconds_left,
                 })  # fmt: skip
                 progress.update(bar, description=f"train loss {mean_loss:.3f}, {rate:,.0f} tokens/s")
                 if not estimated:
-                    log.info(
-                        "at %s tokens/s, about %s to go", f"{rate:,.0f}", _duration((steps - step) * step_tokens / rate)
-                    )
+                    log.info("at %s tokens/s, about %s to go", f"{rate:,.0f}", _duration(seconds_left))
                     estimated = True
                 since, since_step = time.perf_counter(), step
             if step % job.train.eval_every == 0 or last:
