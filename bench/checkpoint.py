@@ -25,13 +25,12 @@ from typing import Any
 
 import torch
 
+from bench.train import VOCAB
 from training import checkpoint
 from training.config import DeepSpeedConfig, ModelConfig, TrainConfig, TrainJob
 from training.engine import build_engine
 from training.model import GPT, lm_loss
 from training.run import init_process
-
-VOCAB = 40_478
 
 
 def seconds(work: Callable[..., Any], *args: Any, **kwargs: Any) -> float:

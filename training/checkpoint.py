@@ -84,6 +84,11 @@ def latest(root: Path) -> Path | None:
     return folder if (folder / STATE).is_file() else None
 
 
+def _parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The model's parameters under the model's own names (without the activation-checkpoint prefix)."""
+    return [(name.replace(WRAPPED, ""), p) for name, p in model.named_parameters()]
+
+
 def _partitioned(p: nn.Parameter) -> bool:
     """Whether DeepSpeed keeps this parameter's fp32 value and optimizer state in partitions of its
     own (ZeRO 1-3, bf16), reached through its `safe_*` functions, rather than on the parameter."""
@@ -114,10 +119,10 @@ def full_weights(model: nn.Module, keep: bool = True) -> dict[str, torch.Tensor]
     from deepspeed.utils import safe_get_full_fp32_param
 
     weights = {}
-    for name, p in model.named_parameters():
+    for name, p in _parameters(model):
         full = safe_get_full_fp32_param(p)  # None when DeepSpeed keeps no separate fp32 copy
         if keep:
-            weights[name.replace(WRAPPED, "")] = (p.detach() if full is None else full).float().cpu().clone()
+            weights[name] = (p.detach() if full is None else full).float().cpu().clone()
     return weights
 
 
@@ -127,16 +132,16 @@ def full_moments(engine: Any, model: nn.Module, keep: bool = True) -> dict[str, 
     Collective, like `full_weights`."""
     from deepspeed.utils import safe_get_full_optimizer_state
 
-    state = engine.optimizer.state if not _partitioned(next(model.parameters())) else None
+    state = _base_optimizer(engine).state if not _partitioned(next(model.parameters())) else None
     _link_moments(engine, model)
     moments: dict[str, dict[str, torch.Tensor]] = {key: {} for key in MOMENTS}
-    for name, p in model.named_parameters():
+    for name, p in _parameters(model):
         if state is not None and p not in state:
             return None
         for key in MOMENTS:
             value = state[p][key] if state is not None else safe_get_full_optimizer_state(p, key)
             if keep:
-                moments[key][name.replace(WRAPPED, "")] = value.float().cpu().clone()
+                moments[key][name] = value.float().cpu().clone()
     return moments
 
 
@@ -235,7 +240,7 @@ def _resume_consolidated(engine: Any, model: nn.Module, folder: Path, step: int)
                               "the processes, ZeRO stage and precision it was written with")  # fmt: skip
     weights = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
     saved = torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True)
-    params = [(name.replace(WRAPPED, ""), p) for name, p in model.named_parameters()]
+    params = _parameters(model)
     for name, p in params:
         if _partitioned(p):
             safe_set_full_fp32_param(p, weights[name].to(engine.device))
