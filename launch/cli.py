@@ -288,3 +288,7 @@ def funnel_table(counts: dict) -> Table:
 from launch import train_cli  # noqa: E402  (registers train, export, launch and eval on the app)
 
 __all__ = ["app", "train_cli"]
+
+
+if __name__ == "__main__":
+    app()

@@ -7,6 +7,7 @@ is reported at once, one line each, naming the file (or `--set`) and the dotted 
 from __future__ import annotations
 
 import difflib
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
 def dump_config(cfg: Config) -> str:
     """The resolved config as YAML, every default spelled out."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def config_hash(cfg: Config) -> str:
+    """A short hash of the resolved config: which config a report or a rendered job came from."""
+    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> str:

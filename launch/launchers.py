@@ -139,8 +139,11 @@ class Slurm:
         return found
 
 
-def slurm_script(job_file: Path, log_dir: Path, opts: Slurm) -> str:
+def slurm_script(job_file: Path, log_dir: Path, opts: Slurm, prepare: list[str] | None = None) -> str:
     """An sbatch script that starts one training process per GPU with `srun` on every node.
+
+    `prepare`, when given, runs first on the job's first node and writes `job_file`: the stages
+    before pretraining, skipped where complete, so a script can be rendered before they have run.
 
     The rendezvous comes from SLURM itself: the master is the first node of the allocation, and
     each process's rank, local rank and world size are SLURM_PROCID, SLURM_LOCALID and
@@ -169,6 +172,10 @@ def slurm_script(job_file: Path, log_dir: Path, opts: Slurm) -> str:
         "set -euo pipefail",
         'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
         f"export MASTER_ADDR MASTER_PORT={q(str(opts.master_port))}",
+    ]
+    if prepare:
+        lines.append(f"{shlex.join(prepare)}  # the stages before pretraining, where not complete; writes the job")
+    lines += [
         "status=0",
         f"srun --kill-on-bad-exit=1 {q(sys.executable)} -m training.run {q(str(job_file))} || status=$?",
         f'if [ "$status" -eq {PREEMPTED} ]; then  # stopped at the time-limit warning, checkpoint saved',

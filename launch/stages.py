@@ -101,17 +101,15 @@ def eval_stage(cfg: Config, checkpoint: Path | None = None) -> Stage:
 
 def report_stage(cfg: Config) -> Stage:
     """report.md and report.html from every other stage's output."""
-    import hashlib
+    from launch.config import config_hash
 
-    from launch.config import dump_config
-
-    config_hash = hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]
+    digest = config_hash(cfg)
 
     def run(ctx: StageContext) -> dict:
         from eval.report import write_report
 
-        written = write_report(dict(ctx.inputs), cfg.report, cfg.run.name, ctx.out_dir, config_hash)
-        return {"report": written, "config_hash": config_hash}
+        written = write_report(dict(ctx.inputs), cfg.report, cfg.run.name, ctx.out_dir, digest)
+        return {"report": written, "config_hash": digest}
 
     inputs = ("data", "tokenizer", "shards", "pretrain", "eval")
     return Stage("report", {"report": cfg.report}, run, inputs=inputs, version=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,11 +29,11 @@ from launch.app import (
     start_local,
     user_errors,
 )
-from launch.config import Config, ConfigError
+from launch.config import Config, ConfigError, config_hash, dump_config
 from launch.launchers import LaunchError
-from launch.stages import Start, build_chain, data_stage, eval_stage, write_job
+from launch.stages import JOB, Start, build_chain, data_stage, eval_stage, write_job
 from pipeline.log import console
-from pipeline.runner import Runner, Stage, StageError, StageOutcome, read_manifest
+from pipeline.runner import Runner, Stage, StageError, StageOutcome, read_manifest, write_json_atomic
 
 
 def _upstream(cfg: Config, start: Start, force: bool = False,
@@ -41,13 +42,18 @@ def _upstream(cfg: Config, start: Start, force: bool = False,
     pretrain stage, ready to run."""
     if ray_address:
         os.environ["RAY_ADDRESS"] = ray_address
-    chain = build_chain(cfg, start)
-    at = [stage.name for stage in chain].index("pretrain")
-    upstream, pretrain = chain[:at], chain[at]
+    upstream, pretrain = _split_chain(cfg, start)
     runner = Runner(cfg.run_dir, force={"pretrain"} if force else set())
     with user_errors():
         runner.run(upstream)
     return runner, pretrain
+
+
+def _split_chain(cfg: Config, start: Start) -> tuple[list[Stage], Stage]:
+    """The stages before pretraining, and the pretrain stage."""
+    chain = build_chain(cfg, start)
+    at = [stage.name for stage in chain].index("pretrain")
+    return chain[:at], chain[at]
 
 
 def _pretrain(cfg: Config, start: Start, force: bool = False, resume: bool = False,
@@ -167,8 +173,9 @@ def launch_slurm(
     submit: Annotated[bool, typer.Option("--submit", help="Submit the script with sbatch.")] = False,
 ) -> None:  # fmt: skip
     """Render an sbatch script that pretrains on NODES × GPUS_PER_NODE processes started by srun (no
-    ssh), and print it; --submit hands it to sbatch. The data, tokenizer and shards stages run here
-    first if needed. When the job is done, `gpt1 run` records it and goes on."""
+    ssh), and print it; --submit hands it to sbatch. Rendering runs nothing and needs no network:
+    the stages before pretraining run in the job when they are not complete yet. When the job is
+    done, `gpt1 run` records it and goes on."""
     cfg = load(config, set_)
     opts = launchers.Slurm(nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, account=account,
                            time=time, job_name=f"gpt1-{cfg.run.name}", master_port=master_port,
@@ -177,16 +184,29 @@ def launch_slurm(
         problems = opts.problems()
         if problems:
             raise LaunchError("\n".join(problems))
-    runner, pretrain = _upstream(cfg, start=_no_local_start)
-    folder = runner.folder(pretrain)
-    if read_manifest(folder) is not None:
-        console.print(f"pretraining is already complete in {folder}; nothing to submit", highlight=False)
+    cfg.run.out_dir = cfg.run.out_dir.resolve()  # the job may start in another folder
+    folder = cfg.run_dir / "slurm" / config_hash(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(dump_config(cfg))
+    job = folder / JOB
+    upstream, pretrain = _split_chain(cfg, _no_local_start)
+    runner = Runner(cfg.run_dir)
+    missing = runner.complete(upstream)
+    if missing:
+        console.print(f"[yellow]note:[/] the {missing} stage is not complete for this config: the job runs it "
+                      f"first, on its first node (or run `gpt1 shards build {escape(str(config))}` before)",
+                      highlight=False)  # fmt: skip
+    elif read_manifest(runner.folder(pretrain)) is not None:
+        console.print(f"pretraining is already complete in {runner.folder(pretrain)}; nothing to submit",
+                      highlight=False)  # fmt: skip
         return
+    else:
+        with user_errors():
+            write_json_atomic(job, json.loads(_job(cfg, runner, pretrain).read_text()))
+    prepare = [sys.executable, "-m", "launch.cli", "launch", "job", str(folder / "config.yaml"), "--to", str(job)]
     with user_errors():
-        job = write_job(cfg, runner.done["tokenizer"].dir, runner.done["shards"].dir, folder)
-    with user_errors():
-        script = launchers.slurm_script(job, job.parent, opts)
-    path = job.parent / "pretrain.sbatch"
+        script = launchers.slurm_script(job, folder, opts, prepare)
+    path = folder / "pretrain.sbatch"
     path.write_text(script)
     sys.stdout.write(script)
     if submit:
@@ -196,6 +216,26 @@ def launch_slurm(
             raise typer.Exit(1)
         console.print(proc.stdout.strip(), highlight=False)
     console.print(f"script: {path}", highlight=False)
+
+
+@launch_app.command("job", hidden=True)
+def launch_job(
+    config: ConfigArg,
+    to: Annotated[Path, typer.Option("--to", help="Where to write the job file.", show_default=False)],
+    ray_address: RayAddressOpt = None,
+) -> None:  # fmt: skip
+    """Run the stages before pretraining (skipping what is complete) and write the training job to
+    TO: what a rendered SLURM script runs before srun."""
+    cfg = load(config, None)
+    runner, pretrain = _upstream(cfg, _no_local_start, ray_address=ray_address)
+    with user_errors():
+        write_json_atomic(to, json.loads(_job(cfg, runner, pretrain).read_text()))
+    typer.echo(to)
+
+
+def _job(cfg: Config, runner: Runner, pretrain: Stage) -> Path:
+    """The job file in the pretrain stage's folder, for the upstream stages `runner` has done."""
+    return write_job(cfg, runner.done["tokenizer"].dir, runner.done["shards"].dir, runner.folder(pretrain))
 
 
 def _no_local_start(job: Path) -> None:

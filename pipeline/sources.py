@@ -91,7 +91,10 @@ def _hub_dataset(source: SourceConfig):
     try:
         return load_dataset(source.hub_id, source.hub_config, split=source.split, streaming=True)
     except Exception as e:  # datasets raises many types for a missing id, config or split
-        raise ValueError(f"cannot open hub dataset {source.hub_id!r}: {type(e).__name__}: {e}") from None
+        offline = isinstance(e, ConnectionError) or type(e).__name__ == "ConnectionError"
+        hint = ("; the hub is out of reach from this host: run the data stage where it is (gpt1 data CONFIG) and "
+                "bring the run folder, or give a downloaded copy's folder as hub_id") if offline else ""  # fmt: skip
+        raise ValueError(f"cannot open hub dataset {source.hub_id!r}: {type(e).__name__}: {e}{hint}") from None
 
 
 def read_partition(part: Partition, cfg: DataConfig, stats: Counter) -> Iterator[Doc]:

@@ -28,6 +28,16 @@ def test_paper_config_matches_the_paper():
     assert (cfg.eval.lr, cfg.eval.batch_size, cfg.eval.epochs, cfg.eval.lm_coef) == (6.25e-5, 32, 3, 0.5)
 
 
+def test_paper_config_runs_on_one_to_eight_gpus_with_fp32_accumulation():
+    from training.engine import deepspeed_config
+
+    cfg = load_config(CONFIGS / "gpt1.yaml")
+    for gpus in (1, 2, 4, 8):
+        config = deepspeed_config(cfg.train, cfg.deepspeed, gpus, "bf16")
+        assert config["train_batch_size"] == 64 and config["data_types"] == {"grad_accum_dtype": "fp32"}
+        assert config["zero_optimization"]["overlap_comm"] is True
+
+
 def test_empty_file_gives_all_defaults(write_config):
     cfg = load_config(write_config(""))
     assert cfg.model.n_layer == 12 and cfg.run.name == "default"

@@ -20,12 +20,38 @@ def test_accumulation_makes_up_the_global_batch_on_any_world_size():
 
 def test_deepspeed_config_holds_our_fields_and_passes_extra_keys_through():
     train = TrainConfig(global_batch=64, micro_batch=16, grad_clip=1.0)
-    extra = {"zero_optimization": {"overlap_comm": True}, "comms_logger": {"enabled": True}}
+    extra = {"zero_optimization": {"reduce_bucket_size": 123}, "comms_logger": {"enabled": True}}
     config = deepspeed_config(train, DeepSpeedConfig(zero_stage=2, extra=extra), world_size=2, precision="bf16")
     assert config["train_batch_size"] == 64 and config["gradient_accumulation_steps"] == 2
-    assert config["zero_optimization"] == {"stage": 2, "overlap_comm": True}
+    assert config["zero_optimization"]["stage"] == 2 and config["zero_optimization"]["reduce_bucket_size"] == 123
     assert config["comms_logger"] == {"enabled": True}
     assert config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_bf16_gradients_accumulate_in_fp32_under_zero(stage):
+    config = deepspeed_config(TrainConfig(global_batch=64, micro_batch=8), DeepSpeedConfig(zero_stage=stage), 2, "bf16")
+    assert config["data_types"] == {"grad_accum_dtype": "fp32"}
+    for precision in ("fp32", "fp16"):
+        assert "data_types" not in deepspeed_config(TrainConfig(), DeepSpeedConfig(zero_stage=stage), 1, precision)
+
+
+def test_bf16_without_zero_warns_that_accumulation_stays_in_bf16(caplog):
+    """DeepSpeed 0.19 refuses fp32 accumulation without ZeRO ("unsupported mix"), so it is not set."""
+    ds = DeepSpeedConfig(zero_stage=0)
+    assert "data_types" not in deepspeed_config(TrainConfig(global_batch=64, micro_batch=64), ds, 1, "bf16")
+    assert not caplog.records
+    assert "data_types" not in deepspeed_config(TrainConfig(global_batch=64, micro_batch=8), ds, 1, "bf16")
+    assert "accumulates gradients in bf16 over 8 micro-batches" in caplog.text
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_reduces_during_backward_in_buckets_smaller_than_gpt1(stage):
+    zero = deepspeed_config(TrainConfig(), DeepSpeedConfig(zero_stage=stage), 1, "fp32")["zero_optimization"]
+    assert zero["overlap_comm"] is True and zero["contiguous_gradients"] is True
+    assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] < 116_534_784 / 2  # GPT-1's parameters
+    assert deepspeed_config(TrainConfig(), DeepSpeedConfig(zero_stage=0), 1, "fp32")["zero_optimization"] == {
+        "stage": 0}  # fmt: skip
 
 
 def test_extra_keys_may_not_override_fields_we_own():

@@ -23,7 +23,7 @@ from launch.launchers import (
     read_hostfile,
     slurm_script,
 )
-from tests.conftest import CONFIGS, GPT1
+from tests.conftest import CONFIGS, GPT1, ROOT
 
 
 def test_local_command_starts_the_training_module_under_the_deepspeed_launcher(tmp_path):
@@ -100,12 +100,41 @@ def test_launch_slurm_renders_writes_and_submits_the_script(tiny_shards, tiny_ou
                            "--submit"], capture_output=True, text=True, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert sbatch_lines(proc.stdout)["nodes"] == "2"
-    (srun,) = [line for line in proc.stdout.splitlines() if line.startswith("srun ")]
-    job = Path(shlex.split(srun)[-3])
+    job = Path(shlex.split(script_line(proc.stdout, "srun "))[-3])
     spec = json.loads(job.read_text())
     assert spec["train"]["max_steps"] == 8 and spec["shards"] == str(tiny_shards[0])
     assert (tmp_path / "sbatch-args").read_text().strip() == str(job.parent / "pretrain.sbatch")
     assert "Submitted batch job 42" in proc.stderr
+    # In the job, the line before srun finds every stage complete and writes the same job again.
+    written = job.read_text()
+    job.unlink()
+    prepare = subprocess.run(shlex.split(script_line(proc.stdout, "launch job"), comments=True), capture_output=True,
+                             text=True)  # fmt: skip
+    assert prepare.returncode == 0, prepare.stderr
+    assert job.read_text() == written
+
+
+def script_line(script: str, text: str) -> str:
+    (line,) = [line for line in script.splitlines() if text in line]
+    return line
+
+
+def test_launch_slurm_renders_offline_before_any_stage_has_run(tmp_path):
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [GPT1, "launch", "slurm", str(CONFIGS / "gpt1.yaml"), "--nodes", "2", "--gpus-per-node", "8", "--set",
+               f"run.out_dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, env=offline)
+    assert proc.returncode == 0, proc.stderr
+    assert "the data stage is not complete for this config: the job runs it first" in " ".join(proc.stderr.split())
+    assert sorted(p.name for p in (tmp_path / "gpt1").iterdir()) == ["slurm"]  # no stage ran
+    lines = proc.stdout.splitlines()
+    prepare, srun = script_line(proc.stdout, "launch job"), script_line(proc.stdout, "srun ")
+    assert lines.index(prepare) < lines.index(srun)
+    # When the job runs where the hub is out of reach too, it stops at once with one line.
+    job = subprocess.run(shlex.split(prepare, comments=True), capture_output=True, text=True, env=offline)
+    errors = [line for line in job.stderr.splitlines() if line.startswith("error:")]
+    assert job.returncode == 2 and len(errors) == 1 and "Traceback" not in job.stderr
+    assert errors[0].startswith("error: data.sources[bookcorpus]: cannot open hub dataset 'bookcorpus/bookcorpus'")
 
 
 @pytest.mark.parametrize(
@@ -209,3 +238,10 @@ def test_from_slurm_outside_an_allocation_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: --from-slurm: SLURM_JOB_NODELIST is not set; run inside an allocation "
                                    "(salloc or sbatch)")  # fmt: skip
+
+
+def test_the_gpu_check_script_parses_and_names_its_modes():
+    script = str(ROOT / "bench" / "gpu.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    proc = subprocess.run([script, "--bogus"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == "usage: bench/gpu.sh [--prepare | --dry-run]"

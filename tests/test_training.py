@@ -136,12 +136,43 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_on_the_same_curve(trained
     assert proc.returncode != 0 and not (out / "result.json").exists(), output[-2000:]
     assert "stopped by a signal at step" in output
     stopped_at = int((out / "checkpoints" / LATEST).read_text().removeprefix("step-"))
-    # It stops after the step in progress (or the next, when the signal came as they agreed on this one).
+    # The ranks agree on it one step later (the all-reduce runs in the background): the step after the one in progress.
     assert signalled_at < stopped_at <= signalled_at + 2 < 40, (signalled_at, stopped_at)
     assert not list((out / "checkpoints").glob("*.tmp"))
 
     finish(launch(out / "job.json"))
     assert curve(out) == curve(trained)
+
+
+def test_ranks_agree_on_a_stop_one_step_after_it_is_asked_for():
+    """The agreement runs in the background between two steps, so it never waits on the device."""
+    from training.run import StopRequest, init_process
+
+    init_process()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        stop = StopRequest(None)
+        assert stop.agreed() is False
+        stop.signal = signal.SIGTERM  # arrives during the next step
+        assert stop.agreed() is False  # the all-reduce in flight was started before it
+        assert stop.agreed() is True
+        assert stop.close() is True and stop.close() is False
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def test_the_stop_agreement_goes_over_gloo_beside_nccl(monkeypatch):
+    import torch.distributed as dist
+
+    from training.run import host_group
+
+    made = []
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    assert host_group() is None  # a CPU run's default group is gloo already
+    monkeypatch.setattr(dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(dist, "new_group", lambda **kwargs: made.append(kwargs) or "host group")
+    assert host_group() == "host group" and made == [{"backend": "gloo"}]
 
 
 # One epoch: 24 steps over 389 windows (the last 5 left out), saved every 8 steps, each step's windows recorded.

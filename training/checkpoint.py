@@ -249,6 +249,10 @@ def _resume_consolidated(engine: Any, model: nn.Module, folder: Path, step: int)
     _create_optimizer_state(engine)  # also copies the fp32 weights into the module's own
     _link_moments(engine, model)
     state = _base_optimizer(engine).state
+    if not _partitioned(params[0][1]) and any(p not in state for _, p in params):
+        raise CheckpointError(f"{folder}: cannot resume into ZeRO stage 0 with {layout(engine)['precision']} from "
+                              "another layout (DeepSpeed keeps its moments on unnamed flat copies there); resume "
+                              "with deepspeed.zero_stage 1 or 2, or the layout it was written with")  # fmt: skip
     for name, p in params:
         for key in MOMENTS:
             if _partitioned(p):

@@ -55,13 +55,21 @@ def deepspeed_config(train: TrainConfig, ds: DeepSpeedConfig, world_size: int, p
         "train_micro_batch_size_per_gpu": train.micro_batch,
         "gradient_accumulation_steps": accumulation_steps(train, world_size),
         "gradient_clipping": train.grad_clip,
-        "zero_optimization": {"stage": ds.zero_stage},
+        "zero_optimization": zero_optimization(ds),
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         "steps_per_print": 1 << 30,  # we log ourselves
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,  # torch's AdamW under ZeRO
     }
+    if precision == "bf16" and ds.zero_stage:
+        # DeepSpeed accumulates (and reduces) gradients in the model's dtype unless told otherwise:
+        # bf16 sums lose low bits with every micro-batch. Under ZeRO 1 this selects its BF16_Optimizer.
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    elif precision == "bf16" and accumulation_steps(train, world_size) > 1:
+        log.warning("bf16 with ZeRO stage 0 accumulates gradients in bf16 over %d micro-batches (DeepSpeed "
+                    "accumulates in fp32 only under ZeRO 1-3); use deepspeed.zero_stage 1 or 2",
+                    accumulation_steps(train, world_size))  # fmt: skip
     clashes = [key for key in OWNED if _has(ds.extra, key)]
     if clashes:
         raise ValueError(
@@ -69,6 +77,22 @@ def deepspeed_config(train: TrainConfig, ds: DeepSpeedConfig, world_size: int, p
             "(global_batch, micro_batch, grad_clip, precision, zero_stage, lr ...): set those instead"
         )
     return _merge(config, ds.extra)
+
+
+# Gradient bucket size (elements) for ZeRO's reductions and gathers. DeepSpeed's 5e8 default holds
+# all of GPT-1's 117M gradients in one bucket, so nothing is sent until backward ends; 5e7 (100 MB in
+# bf16) cuts it into a few buckets that go out while backward is still running.
+BUCKET_ELEMENTS = 50_000_000
+
+
+def zero_optimization(ds: DeepSpeedConfig) -> dict[str, Any]:
+    """ZeRO settings, explicit rather than DeepSpeed's defaults: gradients reduced while backward
+    runs (overlap_comm) into contiguous buckets of BUCKET_ELEMENTS. Stage 0 has no such options:
+    DeepSpeed all-reduces its gradients after backward. `deepspeed.extra` may override any of them."""
+    if ds.zero_stage == 0:
+        return {"stage": 0}
+    return {"stage": ds.zero_stage, "overlap_comm": True, "contiguous_gradients": True,
+            "reduce_bucket_size": BUCKET_ELEMENTS, "allgather_bucket_size": BUCKET_ELEMENTS}  # fmt: skip
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -51,13 +51,16 @@ class Preempted(Exception):
 
 
 class StopRequest:
-    """SIGTERM or SIGUSR1 (a scheduler's warning before the time limit) asks the run to stop when
-    the current step is done, after saving a checkpoint. Ranks agree through an all-reduce after
-    every step (one number; the step's own collectives already wait for every rank), so they all
-    stop at the same step, whichever of them got the signal."""
+    """SIGTERM or SIGUSR1 (a scheduler's warning before the time limit) asks the run to stop after a
+    checkpoint. Ranks agree through a one-number all-reduce per step, so they all stop at the same
+    step, whichever of them got the signal. It goes over gloo on the host, never through the GPU,
+    and is started after one step and read after the next, so it neither syncs the device nor
+    waits for the network: the run stops one step after the step in progress."""
 
-    def __init__(self) -> None:
+    def __init__(self, group: dist.ProcessGroup | None) -> None:
         self.signal: int | None = None
+        self.group = group
+        self._pending: tuple[dist.Work, torch.Tensor] | None = None
         if threading.current_thread() is threading.main_thread():  # Ray Train runs us in a thread
             for sig in (signal.SIGTERM, signal.SIGUSR1):
                 signal.signal(sig, self._note)
@@ -65,10 +68,27 @@ class StopRequest:
     def _note(self, signum: int, frame: Any) -> None:
         self.signal = signum
 
-    def agreed(self, device: torch.device) -> bool:
-        flag = torch.tensor([float(self.signal is not None)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    def agreed(self) -> bool:
+        """Whether any rank had been asked to stop when the previous step ended."""
+        asked = self.close()
+        flag = torch.tensor([float(self.signal is not None)])
+        self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group, async_op=True), flag)
+        return asked
+
+    def close(self) -> bool:
+        """Finish the all-reduce in flight (every rank has one, after the same step); its answer."""
+        if self._pending is None:
+            return False
+        work, flag = self._pending
+        self._pending = None
+        work.wait()
         return bool(flag.item())
+
+
+def host_group() -> dist.ProcessGroup | None:
+    """A gloo group over every rank for small host-side agreements; None when the default group is
+    gloo already (CPU runs)."""
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
 
 
 def total_steps(train: TrainConfig, steps_per_epoch: int) -> int:
@@ -122,13 +142,19 @@ def _from_slurm() -> None:
                           WORLD_SIZE=os.environ["SLURM_NTASKS"])  # fmt: skip
 
 
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on the device; to a GPU through pinned memory, so the copy does not wait for the
+    kernels already queued."""
+    return batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch
+
+
 def train_step(engine: Any, windows: TokenWindows, indices: list[int], micro: int,
                device: torch.device) -> torch.Tensor:  # fmt: skip
     """One optimizer step over this rank's share of the global batch; returns its mean loss."""
     losses = []
     for at in range(0, len(indices), micro):
-        x, y = windows.batch(indices[at : at + micro])
-        loss = lm_loss(engine(x.to(device)).logits, y.to(device))
+        x, y = (to_device(t, device) for t in windows.batch(indices[at : at + micro]))
+        loss = lm_loss(engine(x).logits, y)
         engine.backward(loss)
         engine.step()  # DeepSpeed steps the optimizer and schedule at the accumulation boundary
         losses.append(loss.detach())
@@ -145,8 +171,8 @@ def evaluate(engine: Any, windows: TokenWindows, train: TrainConfig, device: tor
     total = torch.zeros(2, dtype=torch.float64, device=device)
     engine.eval()
     for at in range(0, len(mine), train.micro_batch):
-        x, y = windows.batch(mine[at : at + train.micro_batch])
-        total[0] += lm_loss(engine(x.to(device)).logits, y.to(device)).double() * len(x)
+        x, y = (to_device(t, device) for t in windows.batch(mine[at : at + train.micro_batch]))
+        total[0] += lm_loss(engine(x).logits, y).double() * len(x)
         total[1] += len(x)
     engine.train()
     dist.all_reduce(total)
@@ -188,7 +214,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     else:
         torch.manual_seed(job.seed + rank)  # dropout differs between ranks
     metrics = Metrics(job.out, step, enabled=rank == 0)
-    stop = StopRequest()
+    stop = StopRequest(host_group())
     step_tokens = job.train.global_batch * data.seq_len
     flops, peak = model.flops_per_token(data.seq_len), peak_flops(device)
     plan = {"world_size": world, "micro_batch": job.train.micro_batch,
@@ -234,17 +260,19 @@ def train(job: TrainJob) -> dict[str, Any]:
                 val_loss = evaluate(engine, val, job.train, device)
                 metrics.write("val", step, {"loss": val_loss, "perplexity": perplexity(val_loss)})
                 log.info("step %d/%d: val loss %.4f, perplexity %.2f", step, steps, val_loss, perplexity(val_loss))
-            stopping = not last and stop.agreed(device)
+            stopping = not last and stop.agreed()
             if step % job.train.checkpoint_every == 0 or last or stopping:
                 folder = checkpoint.save(engine, model, job, step, {"tokens": tokens, "sampler": sampler.state_dict()})
                 log.info("step %d/%d: saved %s", step, steps, folder)
             if stopping:
+                stop.close()
                 metrics.close()
                 log.warning("stopped by a signal at step %d of %d, checkpoint saved; start again to continue",
                             step, steps)  # fmt: skip
                 raise Preempted
             if step % job.train.eval_every == 0 or step % job.train.checkpoint_every == 0:
                 since, since_step = time.perf_counter(), step  # evaluating and saving are not training time
+    stop.close()
     metrics.close()
     result = summarize(job.out)
     if rank == 0:
