@@ -21,8 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
+
+from tokenizer import words
 
 Style = Literal["gpt1", "bytelevel"]
 
@@ -39,15 +41,6 @@ SPECIALS = {
     "extract": "<|extract|>",  # fine-tuning: closes an input; its final state feeds the task head
     "pad": "<|pad|>",  # fine-tuning: fills batches (masked out)
 }
-
-# Words, after lower-casing: newline; a word before "n't"; "n't"; clitics; numbers with separators;
-# dotted abbreviations; other letter/digit runs; a run of one repeated symbol.
-GPT1_WORDS = (
-    r"\n|[\p{L}\p{M}]+(?=n't)|n't|'(?:s|m|d|ll|ve|re)(?![\p{L}\p{M}])|\p{N}+(?:[.,]\p{N}+)*"
-    r"|(?:\p{L}\.){2,}|[\p{L}\p{M}\p{N}]+|([^\p{L}\p{M}\p{N}\s])\1*"
-)
-GPT1_REPLACE = {"—": "-", "–": "-", "―": "-", "…": "...", "´": "'", "‘": "'", "’": "'", "“": '"', "”": '"'}
-
 
 class TokenizerError(ValueError):
     """A tokenizer cannot be trained or loaded as asked: the message says why, in one line."""
@@ -67,14 +60,8 @@ class SpecialIds:
 def _pipeline(tok: Tokenizer, style: Style) -> Tokenizer:
     """Attach the style's normaliser, pre-tokeniser and decoder."""
     if style == "gpt1":
-        tok.normalizer = normalizers.Sequence(
-            [normalizers.NFC()]
-            + [normalizers.Replace(a, b) for a, b in GPT1_REPLACE.items()]
-            + [normalizers.Replace(Regex(r"\s*\n\s*"), "\n"), normalizers.Lowercase()]
-        )
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(r"[^\S\n]+"), "removed"), pre_tokenizers.Split(Regex(GPT1_WORDS), "isolated")]
-        )
+        tok.normalizer = words.normalizer()
+        tok.pre_tokenizer = words.pre_tokenizer()
         tok.decoder = decoders.BPEDecoder(suffix=SUFFIX)
     else:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
