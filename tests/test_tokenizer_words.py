@@ -84,3 +84,22 @@ def test_a_dot_before_a_capital_splits_before_lower_casing(words):
 def test_newlines_are_words_and_outer_whitespace_is_dropped(words):
     assert words("  one\n\n  two \r\n three  ") == "one \n two \n three"
 
+
+def test_a_change_to_the_rules_changes_the_tokenizer_stage_key(monkeypatch):
+    from launch.config import Config
+    from launch.stages import tokenizer_stage
+    from pipeline.runner import stage_key
+    from tokenizer import words
+
+    def key(cfg: Config) -> str:
+        return stage_key(tokenizer_stage(cfg), {"data": "same-data"})
+
+    cfg = Config()
+    before = key(cfg)
+    assert key(Config()) == before
+    monkeypatch.setattr(words, "STANDARDIZED", words.STANDARDIZED.replace("~+|", ""))
+    assert key(cfg) != before
+    pinned = cfg.model_copy(update={"tokenizer": cfg.tokenizer.model_copy(update={"path": "trained/tok"})})
+    pinned_key = key(pinned)
+    monkeypatch.undo()
+    assert key(pinned) == pinned_key  # a trained tokenizer brings its own rules

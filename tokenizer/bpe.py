@@ -16,6 +16,7 @@ ids are the BPE vocabulary size plus 0..4 (the original appended its fine-tuning
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +68,14 @@ def _pipeline(tok: Tokenizer, style: Style) -> Tokenizer:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = decoders.ByteLevel()
     return tok
+
+
+def rules_digest(style: Style) -> str:
+    """Hash of the style's normaliser, pre-tokeniser and decoder as `tokenizer.json` stores them: the
+    tokenizer stage's key includes it, so a change to the rules retrains the tokenizer."""
+    spec = json.loads(empty(style).to_str())
+    rules = {part: spec[part] for part in ("normalizer", "pre_tokenizer", "decoder")}
+    return hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def empty(style: Style) -> Tokenizer:
