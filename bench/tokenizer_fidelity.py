@@ -195,9 +195,12 @@ def main() -> None:
     parser.add_argument("--name", default="*", help="only files whose names match this pattern")
     parser.add_argument("--kinds", type=int, default=20, help="how many kinds of disagreement to list")
     args = parser.parse_args()
-    import ftfy
-
     nlp, tok = spacy_tokenizer(), empty("gpt1")
+    import ftfy
+    import spacy
+    import tokenizers
+
+    print(f"spaCy {spacy.__version__} blank('en'); tokenizers {tokenizers.__version__}; ftfy {ftfy.__version__}")
     corpora = [(str(f), folder_documents(f, args.name)) for f in args.folders]
     corpora = corpora or [("built-in corpus", builtin_documents())]
     for name, docs in corpora:

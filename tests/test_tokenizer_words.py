@@ -77,8 +77,9 @@ def test_special_cases_split_as_spacy_does(words, text, expected):
     assert words(text) == expected
 
 
-def test_a_dot_before_a_capital_splits_before_lower_casing(words):
+def test_a_dot_before_a_capital_splits_before_lower_casing_unless_it_is_in_a_host_name(words):
     assert words("os.Path io.BytesIO os.path") == "os . path io . bytesio os.path"
+    assert words("yarl.URL.build docs.Python.org:8080") == "yarl.url.build docs.python.org:8080"
 
 
 def test_newlines_are_words_and_outer_whitespace_is_dropped(words):

@@ -55,8 +55,10 @@ INFIX = (
     rf"\.\.+|\p{{So}}|(?<=[0-9])\^(?=[0-9-])|(?<=[\p{{L}}0-9])[:<>=](?=\p{{L}})"
     rf"|(?<=[\p{{Ll}}{QUOTES}])\.(?=[{QUOTES}])"
 )
-# The one rule that needs the case lower-casing loses: spaCy splits `os.Path`, not `os.path`.
-CASED_INFIX = rf"(?<=[\p{{Ll}}{QUOTES}])\.(?=\p{{Lu}})"
+# The one rule that needs the case lower-casing loses: spaCy splits `os.Path`, not `os.path`, nor
+# a host name (its URL rule: dotted names that end in a lower-case top-level domain, `yarl.URL.build`).
+HOST_END = r"\.\p{Ll}{2,63}(?::\d{2,5})?(?:#\S*)?[.'`:>]*(?:[\s!\";?+,()*\[\]{}_~\\/|-]|$)"
+CASED_INFIX = rf"(?<=[\p{{Ll}}{QUOTES}])\.(?=\p{{Lu}})(?![\p{{L}}\p{{N}}]*(?:\.[\p{{L}}\p{{N}}]+)*?{HOST_END})"
 ENDING = rf"(?:{SUFFIX})*$"
 
 # Special cases that spaCy splits in two, written as the first part and what must follow it.
