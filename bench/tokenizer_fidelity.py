@@ -183,6 +183,8 @@ def run(name: str, texts: list[str], nlp, tok, kinds: int) -> None:
     print(f"pre-tokenisation, one thread: ours {tally.ours / ours_s / 1e3:,.0f}k words/s; "
           f"spaCy (text_standardize + tokenizer) {tally.spacy / spacy_s / 1e3:,.0f}k words/s")  # fmt: skip
     total = sum(tally.kinds.values())
+    if not total:
+        return
     print(f"\n{min(kinds, len(tally.kinds))} most frequent kinds of disagreement, of {total:,}:")
     for kind, n in tally.kinds.most_common(kinds):
         examples = "; ".join(e for e, _ in tally.examples[kind].most_common(3))

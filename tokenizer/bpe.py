@@ -3,8 +3,9 @@
 - `gpt1` reproduces the original text encoder with `tokenizers` parts, so `tokenizer.json` alone
   gives the same ids anywhere: NFC; dashes, ellipses, curly quotes and the acute accent
   standardised; each run of newlines (with the spaces around it) becomes one newline token; other
-  whitespace only separates words; lower-cased; words split with spaCy-like English rules
-  (`do n't`, `'ll`, `5,000.00`, `u.s.a.`, runs of one punctuation mark); BPE with a `</w>`
+  whitespace only separates words; lower-cased; words split as the original's `text_standardize`
+  and spaCy's English rules split them (`tokenizer/words.py`: `_ _ init _ _`, `1 , 000`,
+  `do n't`, `mr.`, `cpuset.cpus`); BPE with a `</w>`
   end-of-word suffix and `<unk>` (id 0) for characters outside the learned alphabet. Decoding gives
   the normalised words joined by single spaces. ftfy is not part of the file: it runs where raw
   text enters (the cleaning stage and the task loaders).
