@@ -26,12 +26,18 @@ def data_stage(cfg: Config) -> Stage:
 
 
 def tokenizer_stage(cfg: Config) -> Stage:
+    """Keyed by the config and, unless a trained tokenizer is given, by the style's rules as well."""
+    from tokenizer.bpe import rules_digest
+
     def run(ctx: StageContext) -> dict:
         from pipeline.tokenizer_stage import run_tokenizer
 
         return run_tokenizer(cfg.tokenizer, ctx.inputs["data"], ctx.out_dir)
 
-    return Stage("tokenizer", {"tokenizer": cfg.tokenizer}, run, inputs=("data",), version=1)
+    sections: dict = {"tokenizer": cfg.tokenizer}
+    if cfg.tokenizer.path is None:
+        sections["rules"] = rules_digest(cfg.tokenizer.style)
+    return Stage("tokenizer", sections, run, inputs=("data",), version=1)
 
 
 def shards_stage(cfg: Config) -> Stage:

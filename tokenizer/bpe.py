@@ -3,8 +3,9 @@
 - `gpt1` reproduces the original text encoder with `tokenizers` parts, so `tokenizer.json` alone
   gives the same ids anywhere: NFC; dashes, ellipses, curly quotes and the acute accent
   standardised; each run of newlines (with the spaces around it) becomes one newline token; other
-  whitespace only separates words; lower-cased; words split with spaCy-like English rules
-  (`do n't`, `'ll`, `5,000.00`, `u.s.a.`, runs of one punctuation mark); BPE with a `</w>`
+  whitespace only separates words; lower-cased; words split as the original's `text_standardize`
+  and spaCy's English rules split them (`tokenizer/words.py`: `_ _ init _ _`, `1 , 000`,
+  `do n't`, `mr.`, `cpuset.cpus`); BPE with a `</w>`
   end-of-word suffix and `<unk>` (id 0) for characters outside the learned alphabet. Decoding gives
   the normalised words joined by single spaces. ftfy is not part of the file: it runs where raw
   text enters (the cleaning stage and the task loaders).
@@ -16,13 +17,16 @@ ids are the BPE vocabulary size plus 0..4 (the original appended its fine-tuning
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
+
+from tokenizer import words
 
 Style = Literal["gpt1", "bytelevel"]
 
@@ -39,15 +43,6 @@ SPECIALS = {
     "extract": "<|extract|>",  # fine-tuning: closes an input; its final state feeds the task head
     "pad": "<|pad|>",  # fine-tuning: fills batches (masked out)
 }
-
-# Words, after lower-casing: newline; a word before "n't"; "n't"; clitics; numbers with separators;
-# dotted abbreviations; other letter/digit runs; a run of one repeated symbol.
-GPT1_WORDS = (
-    r"\n|[\p{L}\p{M}]+(?=n't)|n't|'(?:s|m|d|ll|ve|re)(?![\p{L}\p{M}])|\p{N}+(?:[.,]\p{N}+)*"
-    r"|(?:\p{L}\.){2,}|[\p{L}\p{M}\p{N}]+|([^\p{L}\p{M}\p{N}\s])\1*"
-)
-GPT1_REPLACE = {"—": "-", "–": "-", "―": "-", "…": "...", "´": "'", "‘": "'", "’": "'", "“": '"', "”": '"'}
-
 
 class TokenizerError(ValueError):
     """A tokenizer cannot be trained or loaded as asked: the message says why, in one line."""
@@ -67,19 +62,21 @@ class SpecialIds:
 def _pipeline(tok: Tokenizer, style: Style) -> Tokenizer:
     """Attach the style's normaliser, pre-tokeniser and decoder."""
     if style == "gpt1":
-        tok.normalizer = normalizers.Sequence(
-            [normalizers.NFC()]
-            + [normalizers.Replace(a, b) for a, b in GPT1_REPLACE.items()]
-            + [normalizers.Replace(Regex(r"\s*\n\s*"), "\n"), normalizers.Lowercase()]
-        )
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(r"[^\S\n]+"), "removed"), pre_tokenizers.Split(Regex(GPT1_WORDS), "isolated")]
-        )
+        tok.normalizer = words.normalizer()
+        tok.pre_tokenizer = words.pre_tokenizer()
         tok.decoder = decoders.BPEDecoder(suffix=SUFFIX)
     else:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = decoders.ByteLevel()
     return tok
+
+
+def rules_digest(style: Style) -> str:
+    """Hash of the style's normaliser, pre-tokeniser and decoder as `tokenizer.json` stores them: the
+    tokenizer stage's key includes it, so a change to the rules retrains the tokenizer."""
+    spec = json.loads(empty(style).to_str())
+    rules = {part: spec[part] for part in ("normalizer", "pre_tokenizer", "decoder")}
+    return hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def empty(style: Style) -> Tokenizer:

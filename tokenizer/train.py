@@ -67,10 +67,10 @@ def _base_vocab(cfg: TokenizerConfig, texts: Iterable[str]) -> list[str]:
     for text in texts:
         raw.update(text)
     # Normalising each distinct character rather than every text is 3x faster, and exact for NFC
-    # text (the cleaning stage's ftfy gives NFC).
+    # text (the cleaning stage's ftfy gives NFC). Alone, a newline is stripped as outer whitespace.
     normalizer, counts = empty("gpt1").normalizer, Counter()
     for char, n in raw.items():
-        for c in normalizer.normalize_str(char):
+        for c in normalizer.normalize_str(char) or char:
             counts[c] += n
     chars = [c for c in counts if c == "\n" or not c.isspace()]
     if not chars:
