@@ -48,6 +48,11 @@ class EvalConfig(BaseModel):
     """Examples per optimiser step."""
     micro_batch: int = Field(8, gt=0)
     """Examples per forward pass; accumulation makes up batch_size. Must divide it."""
+    score_batch: int = Field(64, gt=0, json_schema_extra={"hashed": False})
+    """Examples per forward pass when scoring (no gradients, so larger than micro_batch)."""
+    length_buckets: int = Field(32, ge=0)
+    """Batches sorted by length together within each epoch's shuffle, so that little of a batch is
+    padding; 0 keeps the plain shuffle."""
     epochs: int = Field(3, gt=0)
     """Passes over each task's training split."""
     warmup_fraction: float = Field(0.002, ge=0.0, lt=1.0)

@@ -20,7 +20,7 @@ import torch
 from eval.config import EvalConfig, TaskConfig
 from eval.finetune import Encoded, finetune
 from eval.metrics import glue_average
-from eval.tasks import PROXIES, get_task, load_split
+from eval.tasks import PROXIES, Task, get_task, load_split
 from pipeline.runner import sha256_file, write_json_atomic
 from tokenizer.bpe import BPETokenizer
 from training.checkpoint import WEIGHTS, load_weights, resolve
@@ -59,17 +59,24 @@ def run_eval(cfg: EvalConfig, checkpoint: Path, data_dir: Path | None, out: Path
     return {"tasks": tasks, "glue": None if glue is None else {"average": glue[0], "tasks": glue[1]}}
 
 
+def encoded_task(task_cfg: TaskConfig, tok: BPETokenizer, max_len: int,
+                 data_dir: Path | None) -> tuple[Task, dict[str, Any], Encoded, dict[str, Encoded]]:  # fmt: skip
+    """A task, where its data comes from, and its train split and scored splits, tokenized once (for
+    every seed and variant); proxies read the data stage's `data_dir`."""
+    task = get_task(task_cfg.name)
+    source = {"data_dir": data_dir, "hub": None} if task.name in PROXIES else {"data_dir": task_cfg.data_dir,
+                                                                                "hub": task_cfg.hub}  # fmt: skip
+    train = Encoded(task, load_split(task, task.train, **source), tok, max_len)
+    evals = {name: Encoded(task, load_split(task, split, **source), tok, max_len)
+             for name, split in task.scores.items()}  # fmt: skip
+    return task, source, train, evals
+
+
 def eval_task(task_cfg: TaskConfig, cfg: EvalConfig, model_cfg: ModelConfig, weights: dict[str, torch.Tensor],
               tok: BPETokenizer, data_dir: Path | None, device: torch.device,
               provenance: dict) -> dict[str, Any]:  # fmt: skip
     """Every run of one task, and their mean and spread per variant."""
-    task = get_task(task_cfg.name)
-    source = {"data_dir": data_dir, "hub": None} if task.name in PROXIES else {"data_dir": task_cfg.data_dir,
-                                                                                "hub": task_cfg.hub}  # fmt: skip
-    max_len = model_cfg.n_positions
-    train = Encoded(task, load_split(task, task.train, **source), tok, max_len)
-    evals = {name: Encoded(task, load_split(task, split, **source), tok, max_len)
-             for name, split in task.scores.items()}  # fmt: skip
+    task, source, train, evals = encoded_task(task_cfg, tok, model_cfg.n_positions, data_dir)
     log.info("%s (%s): %d train examples; scored on %s", task.name, task.kind, len(train),
              ", ".join(f"{name} ({len(data)})" for name, data in evals.items()))  # fmt: skip
     runs = []

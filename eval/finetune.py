@@ -3,8 +3,9 @@ pretraining (`training.engine.build_engine`: AdamW without decay on biases and g
 precision and clipping), on one process, CPU or GPU.
 
 The schedule is linear warm-up over `warmup_fraction` of the steps, then linear decay to 0; each
-epoch visits the training examples in a new order seeded by (seed, epoch), in full batches (the
-last partial batch is dropped). The score reported is the final model's. With
+epoch visits the training examples in a new order seeded by (seed, epoch), in full batches of
+examples of about one length (`epoch_order`; the last partial batch is dropped), each padded to
+its longest sequence. The score reported is the final model's. With
 `validation_fraction` > 0, that share of train is held out and the epoch that scores best on it is
 the one scored instead (model selection without looking at dev).
 """
@@ -46,6 +47,10 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def lengths(self) -> np.ndarray:
+        """Each example's longest sequence: what its batch is padded to."""
+        return np.array([max(len(seq) for seq in seqs) for seqs in self.sequences])
+
     def batches(self, indices: list[int] | np.ndarray, size: int) -> Iterator[Batch]:
         for at in range(0, len(indices), size):
             chunk = indices[at : at + size]
@@ -69,17 +74,35 @@ def train_config(cfg: EvalConfig, steps: int) -> TrainConfig:
                        weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP, precision=cfg.precision)  # fmt: skip
 
 
-@torch.no_grad()
-def score(engine: torch.nn.Module, data: Encoded, task: Task, micro: int, device: torch.device) -> dict[str, float]:
-    """Every metric of the task on `data`, from the model as it is now."""
+def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, buckets: int) -> np.ndarray:
+    """The examples of one epoch, in whole batches: a permutation seeded by (seed, epoch), cut into
+    chunks of `buckets` batches, each chunk sorted by length and cut into batches, and the batches
+    shuffled. Batches then hold examples of about one length, so little of each is padding, and the
+    order is still random and reproducible from the seed. `buckets` 0 keeps the permutation as it is."""
+    rng = np.random.default_rng([seed, epoch + 1])
+    order = rng.permutation(len(lengths))[: len(lengths) // batch_size * batch_size]
+    if not buckets:
+        return order
+    chunk = buckets * batch_size
+    order = np.concatenate([part[np.argsort(lengths[part], kind="stable")]
+                            for part in np.split(order, range(chunk, len(order), chunk))])  # fmt: skip
+    batches = order.reshape(-1, batch_size)
+    return batches[rng.permutation(len(batches))].reshape(-1)
+
+
+@torch.inference_mode()
+def score(engine: torch.nn.Module, data: Encoded, task: Task, batch_size: int,
+          device: torch.device) -> dict[str, float]:  # fmt: skip
+    """Every metric of the task on `data`, from the model as it is now: in batches of examples of
+    about one length (sorted), put back in order for the metrics."""
     engine.eval()
-    preds = []
-    for batch in data.batches(np.arange(len(data)), micro):
-        out = engine(batch.tokens.to(device), batch.extract.to(device))
-        preds.append(predictions(out.scores, data.regression).cpu())
+    order = np.argsort(data.lengths(), kind="stable")
+    preds = torch.empty(len(data), dtype=torch.float if data.regression else torch.long)
+    for at, batch in zip(range(0, len(order), batch_size), data.batches(order, batch_size)):
+        out = engine(batch.tokens.to(device), batch.extract.to(device), lm=False)
+        preds[order[at : at + batch_size]] = predictions(out.scores, data.regression).cpu()
     engine.train()
-    pred = torch.cat(preds).numpy()
-    return {m: METRICS[m](pred, np.asarray(data.labels)) for m in (task.metric, *task.extra_metrics)}
+    return {m: METRICS[m](preds.numpy(), np.asarray(data.labels)) for m in (task.metric, *task.extra_metrics)}
 
 
 def finetune(task: Task, gpt: GPT, train: Encoded, evals: dict[str, Encoded], cfg: EvalConfig, seed: int,
@@ -100,21 +123,22 @@ def finetune(task: Task, gpt: GPT, train: Encoded, evals: dict[str, Encoded], cf
     engine = build_engine(model, train_config(cfg, total), DeepSpeedConfig(zero_stage=0), device, 1, total)
     best: tuple[float, dict] | None = None
     accumulation = cfg.batch_size // cfg.micro_batch
+    lengths = train.lengths()
     with progress_bar() as progress:
         bar = progress.add_task(f"fine-tune {task.name} (seed {seed})", total=total)
         for epoch in range(cfg.epochs):
-            order = np.random.default_rng([seed, epoch + 1]).permutation(len(train))[: steps_per_epoch * cfg.batch_size]
+            order = epoch_order(lengths, cfg.batch_size, seed, epoch, cfg.length_buckets)
             for batch in train.batches(order, cfg.micro_batch):
                 batch = Batch(*(t.to(device) for t in batch))
-                out = engine(batch.tokens, batch.extract)
+                out = engine(batch.tokens, batch.extract, lm=bool(lm_coef))
                 engine.backward(loss(out, batch, train.regression, lm_coef))
                 engine.step()  # the optimizer steps once per batch_size / micro_batch micro-batches
                 progress.advance(bar, 1 / accumulation)
             if held_out is not None:
-                value = score(engine, held_out, task, cfg.micro_batch, device)[task.metric]
+                value = score(engine, held_out, task, cfg.score_batch, device)[task.metric]
                 log.info("%s seed %d epoch %d: validation %s %.2f", task.name, seed, epoch + 1, task.metric, value)
                 if best is None or value > best[0]:
                     best = (value, {k: v.detach().clone() for k, v in model.state_dict().items()})
     if best is not None:
         model.load_state_dict(best[1])
-    return {name: score(engine, data, task, cfg.micro_batch, device) for name, data in evals.items()}
+    return {name: score(engine, data, task, cfg.score_batch, device) for name, data in evals.items()}

@@ -24,7 +24,7 @@ from training.model import GPT, lm_loss
 
 class TaskOutput(NamedTuple):
     scores: torch.Tensor  # (B, classes | choices | 1)
-    lm_logits: torch.Tensor  # (B * S, T, V)
+    lm_logits: torch.Tensor | None  # (B * S, T, V); None unless asked for
 
 
 class TaskModel(nn.Module):
@@ -36,10 +36,11 @@ class TaskModel(nn.Module):
         nn.init.normal_(self.head.weight, std=gpt.cfg.init_std)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, tokens: torch.Tensor, extract: torch.Tensor) -> TaskOutput:
-        """tokens: (B, S, T) ids; extract: (B, S) positions of the extract tokens."""
+    def forward(self, tokens: torch.Tensor, extract: torch.Tensor, lm: bool = True) -> TaskOutput:
+        """tokens: (B, S, T) ids; extract: (B, S) positions of the extract tokens; `lm`: also the LM
+        logits, for the auxiliary loss (scoring, and training without it, skip them)."""
         B, S, T = tokens.shape
-        out = self.gpt(tokens.view(B * S, T))
+        out = self.gpt(tokens.view(B * S, T), logits=lm)
         h = out.hidden[torch.arange(B * S, device=tokens.device), extract.view(-1)].view(B, S, -1)  # (B, S, C)
         if self.kind == "multiple_choice":
             scores = self.head(self.dropout(h)).squeeze(-1)  # (B, S): one score per choice

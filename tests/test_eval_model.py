@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -77,6 +78,36 @@ def test_collate_pads_right_and_masks_padding_out_of_the_lm_targets(tok):
 def gpt(tok) -> GPT:
     torch.manual_seed(0)
     return GPT(ModelConfig(preset="debug", vocab_size=tok.vocab_size, n_positions=64))
+
+
+def test_padding_to_the_longest_sequence_gives_the_scores_of_padding_to_a_fixed_length(tok, gpt):
+    encoded = [encode(Example(f"the {t} stood near the old road", "a lamp"), "similarity", tok, 64) for t in TOPICS]
+    encoded += [encode(Example("a", "b"), "similarity", tok, 64)]
+    model = TaskModel(gpt, "similarity", 1, 0.0).eval()
+    longest = collate(encoded, [0.0] * len(encoded), tok.specials.pad, regression=True)
+    fixed = longest.tokens.new_full((*longest.tokens.shape[:2], 64), tok.specials.pad)
+    fixed[..., : longest.tokens.size(-1)] = longest.tokens
+    with torch.no_grad():
+        short, full = model(longest.tokens, longest.extract), model(fixed, longest.extract)
+    assert longest.tokens.size(-1) < 64
+    torch.testing.assert_close(short.scores, full.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_each_epoch_visits_whole_batches_of_about_one_length_in_an_order_fixed_by_the_seed():
+    from eval.finetune import epoch_order
+
+    lengths = np.random.default_rng(0).integers(5, 120, size=1000)
+    order = epoch_order(lengths, 16, seed=3, epoch=0, buckets=8)
+    assert len(order) == 992 and len(set(order.tolist())) == 992  # 62 whole batches, no example twice
+    assert (order == epoch_order(lengths, 16, seed=3, epoch=0, buckets=8)).all()
+    assert not (order == epoch_order(lengths, 16, seed=3, epoch=1, buckets=8)).all()
+    plain = epoch_order(lengths, 16, seed=3, epoch=0, buckets=0)
+    assert (plain == np.random.default_rng([3, 1]).permutation(1000)[:992]).all()  # the plain shuffle
+
+    def padded(o: np.ndarray) -> int:  # tokens in all batches, each padded to its longest
+        return int(lengths[o].reshape(-1, 16).max(axis=1).sum() * 16)
+
+    assert padded(order) < 0.7 * padded(plain)
 
 
 def test_similarity_head_sums_both_orders_and_multiple_choice_scores_each_choice(tok, gpt):

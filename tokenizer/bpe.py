@@ -44,6 +44,7 @@ SPECIALS = {
     "pad": "<|pad|>",  # fine-tuning: fills batches (masked out)
 }
 
+
 class TokenizerError(ValueError):
     """A tokenizer cannot be trained or loaded as asked: the message says why, in one line."""
 

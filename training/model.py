@@ -24,7 +24,7 @@ from training.config import ModelConfig
 
 class Output(NamedTuple):
     hidden: torch.Tensor  # (B, T, C) final hidden states
-    logits: torch.Tensor  # (B, T, V) next-token logits
+    logits: torch.Tensor | None  # (B, T, V) next-token logits; None when not asked for
 
 
 class Attention(nn.Module):
@@ -89,8 +89,9 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor) -> Output:
-        """idx: (B, T) token ids, T <= n_positions."""
+    def forward(self, idx: torch.Tensor, logits: bool = True) -> Output:
+        """idx: (B, T) token ids, T <= n_positions. `logits=False` skips the output projection, for
+        readers of the hidden states alone (a task head scoring)."""
         T = idx.size(1)
         if self.cfg.n_positions < T:
             raise ValueError(f"sequence of {T} tokens is longer than the {self.cfg.n_positions} positions")
@@ -98,8 +99,7 @@ class GPT(nn.Module):
         x = self.drop(self.tokens_embed(idx) + self.positions_embed(pos))  # (B, T, C)
         for block in self.h:
             x = block(x)
-        logits = x @ self.tokens_embed.weight.T  # (B, T, V), tied to the input embedding
-        return Output(x, logits)
+        return Output(x, x @ self.tokens_embed.weight.T if logits else None)  # (B, T, V), tied to the embedding
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
