@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from launch.config import Config, ConfigError, config_hash, dump_config
 from launch.launchers import LaunchError
 from launch.stages import JOB, Start, build_chain, data_stage, eval_stage, write_job
 from pipeline.log import console
-from pipeline.runner import Runner, Stage, StageError, StageOutcome, read_manifest, write_json_atomic
+from pipeline.runner import Runner, Stage, StageError, StageOutcome, read_manifest, write_text_atomic
 
 
 def _upstream(cfg: Config, start: Start, force: bool = False,
@@ -202,7 +201,7 @@ def launch_slurm(
         return
     else:
         with user_errors():
-            write_json_atomic(job, json.loads(_job(cfg, runner, pretrain).read_text()))
+            _write_job(cfg, runner, pretrain, job)
     prepare = [sys.executable, "-m", "launch.cli", "launch", "job", str(folder / "config.yaml"), "--to", str(job)]
     with user_errors():
         script = launchers.slurm_script(job, folder, opts, prepare)
@@ -229,13 +228,14 @@ def launch_job(
     cfg = load(config, None)
     runner, pretrain = _upstream(cfg, _no_local_start, ray_address=ray_address)
     with user_errors():
-        write_json_atomic(to, json.loads(_job(cfg, runner, pretrain).read_text()))
+        _write_job(cfg, runner, pretrain, to)
     typer.echo(to)
 
 
-def _job(cfg: Config, runner: Runner, pretrain: Stage) -> Path:
-    """The job file in the pretrain stage's folder, for the upstream stages `runner` has done."""
-    return write_job(cfg, runner.done["tokenizer"].dir, runner.done["shards"].dir, runner.folder(pretrain))
+def _write_job(cfg: Config, runner: Runner, pretrain: Stage, to: Path) -> None:
+    """The job for the upstream stages `runner` has done, in the pretrain stage's folder and at `to`."""
+    job = write_job(cfg, runner.done["tokenizer"].dir, runner.done["shards"].dir, runner.folder(pretrain))
+    write_text_atomic(to, job.read_text())
 
 
 def _no_local_start(job: Path) -> None:
