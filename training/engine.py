@@ -66,10 +66,10 @@ def deepspeed_config(train: TrainConfig, ds: DeepSpeedConfig, world_size: int, p
         # DeepSpeed accumulates (and reduces) gradients in the model's dtype unless told otherwise:
         # bf16 sums lose low bits with every micro-batch. Under ZeRO 1 this selects its BF16_Optimizer.
         config["data_types"] = {"grad_accum_dtype": "fp32"}
-    elif precision == "bf16" and accumulation_steps(train, world_size) > 1:
+    elif precision == "bf16" and config["gradient_accumulation_steps"] > 1:
         log.warning("bf16 with ZeRO stage 0 accumulates gradients in bf16 over %d micro-batches (DeepSpeed "
                     "accumulates in fp32 only under ZeRO 1-3); use deepspeed.zero_stage 1 or 2",
-                    accumulation_steps(train, world_size))  # fmt: skip
+                    config["gradient_accumulation_steps"])  # fmt: skip
     clashes = [key for key in OWNED if _has(ds.extra, key)]
     if clashes:
         raise ValueError(
