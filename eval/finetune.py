@@ -99,7 +99,7 @@ def score(engine: torch.nn.Module, data: Encoded, task: Task, batch_size: int,
     order = np.argsort(data.lengths(), kind="stable")
     preds = torch.empty(len(data), dtype=torch.float if data.regression else torch.long)
     for at, batch in zip(range(0, len(order), batch_size), data.batches(order, batch_size)):
-        out = engine(batch.tokens.to(device), batch.extract.to(device), lm=False)
+        out = engine(batch.tokens.to(device), batch.extract.to(device))
         preds[order[at : at + batch_size]] = predictions(out.scores, data.regression).cpu()
     engine.train()
     return {m: METRICS[m](preds.numpy(), np.asarray(data.labels)) for m in (task.metric, *task.extra_metrics)}
@@ -130,7 +130,7 @@ def finetune(task: Task, gpt: GPT, train: Encoded, evals: dict[str, Encoded], cf
             order = epoch_order(lengths, cfg.batch_size, seed, epoch, cfg.length_buckets)
             for batch in train.batches(order, cfg.micro_batch):
                 batch = Batch(*(t.to(device) for t in batch))
-                out = engine(batch.tokens, batch.extract, lm=bool(lm_coef))
+                out = engine(batch.tokens, batch.extract, batch.lm_targets if lm_coef else None)
                 engine.backward(loss(out, batch, train.regression, lm_coef))
                 engine.step()  # the optimizer steps once per batch_size / micro_batch micro-batches
                 progress.advance(bar, 1 / accumulation)

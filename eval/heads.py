@@ -24,7 +24,7 @@ from training.model import GPT, lm_loss
 
 class TaskOutput(NamedTuple):
     scores: torch.Tensor  # (B, classes | choices | 1)
-    lm_logits: torch.Tensor | None  # (B * S, T, V); None unless asked for
+    lm_loss: torch.Tensor | None  # the LM loss on the inputs; None unless their targets were given
 
 
 class TaskModel(nn.Module):
@@ -36,17 +36,24 @@ class TaskModel(nn.Module):
         nn.init.normal_(self.head.weight, std=gpt.cfg.init_std)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, tokens: torch.Tensor, extract: torch.Tensor, lm: bool = True) -> TaskOutput:
-        """tokens: (B, S, T) ids; extract: (B, S) positions of the extract tokens; `lm`: also the LM
-        logits, for the auxiliary loss (scoring, and training without it, skip them)."""
+    def forward(self, tokens: torch.Tensor, extract: torch.Tensor,
+                lm_targets: torch.Tensor | None = None) -> TaskOutput:  # fmt: skip
+        """tokens: (B, S, T) ids; extract: (B, S) positions of the extract tokens; lm_targets: (B, S, T)
+        next tokens (-1 for none), for the auxiliary LM loss. The LM head projects only the positions
+        that have a next token: padding and the extract token never reach the vocabulary, and
+        scoring, or training without the auxiliary loss, skips the head altogether."""
         B, S, T = tokens.shape
-        out = self.gpt(tokens.view(B * S, T), logits=lm)
-        h = out.hidden[torch.arange(B * S, device=tokens.device), extract.view(-1)].view(B, S, -1)  # (B, S, C)
+        hidden = self.gpt(tokens.view(B * S, T), logits=False).hidden  # (B * S, T, C)
+        h = hidden[torch.arange(B * S, device=tokens.device), extract.view(-1)].view(B, S, -1)  # (B, S, C)
         if self.kind == "multiple_choice":
             scores = self.head(self.dropout(h)).squeeze(-1)  # (B, S): one score per choice
         else:
             scores = self.head(self.dropout(h.sum(dim=1)))  # similarity sums both orders; others have S = 1
-        return TaskOutput(scores, out.logits)
+        lm = None
+        if lm_targets is not None:
+            has_next = lm_targets.view(B * S, T) >= 0
+            lm = lm_loss(self.gpt.lm_head(hidden[has_next]), lm_targets.view(B * S, T)[has_next])
+        return TaskOutput(scores, lm)
 
 
 def task_loss(scores: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
@@ -56,10 +63,11 @@ def task_loss(scores: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
 
 
 def loss(output: TaskOutput, batch: Batch, regression: bool, lm_coef: float) -> torch.Tensor:
-    """Task loss + lm_coef × LM loss (the LM term is skipped entirely when lm_coef is 0)."""
+    """Task loss + lm_coef × LM loss (the model computes the LM term only when given the targets,
+    which fine-tuning does when lm_coef is not 0)."""
     total = task_loss(output.scores, batch.labels, regression)
     if lm_coef:
-        total = total + lm_coef * lm_loss(output.lm_logits, batch.lm_targets.view(-1, batch.lm_targets.size(-1)))
+        total = total + lm_coef * output.lm_loss
     return total
 
 

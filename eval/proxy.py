@@ -104,4 +104,3 @@ def proxy_examples(name: str, folder: Path, split: str) -> list[Example]:
             if len(examples) >= MAX_EXAMPLES[split]:
                 return examples[: MAX_EXAMPLES[split]]
     return examples
-    return examples

@@ -114,8 +114,8 @@ def test_similarity_head_sums_both_orders_and_multiple_choice_scores_each_choice
     sim = TaskModel(gpt, "similarity", 2, 0.0).eval()  # no dropout: the two orders must agree exactly
     batch = collate([encode(Example("the river", "a lamp"), "similarity", tok, 64)] * 3, [0, 1, 1],
                     tok.specials.pad, regression=False)  # fmt: skip
-    out = sim(batch.tokens, batch.extract)
-    assert out.scores.shape == (3, 2) and out.lm_logits.shape[:2] == (6, batch.tokens.shape[-1])
+    out = sim(batch.tokens, batch.extract, batch.lm_targets)
+    assert out.scores.shape == (3, 2) and out.lm_loss.ndim == 0
     swapped = sim(batch.tokens.flip(1), batch.extract.flip(1)).scores
     assert torch.allclose(out.scores, swapped, atol=1e-5)  # order-free
     loss(out, batch, regression=False, lm_coef=0.5).backward()
@@ -132,11 +132,14 @@ def test_similarity_head_sums_both_orders_and_multiple_choice_scores_each_choice
 
 def test_the_auxiliary_lm_loss_is_added_with_its_weight(tok, gpt):
     model = TaskModel(gpt, "classification", 2, 0.0).eval()
-    batch = collate([encode(Example("the river stood"), "classification", tok, 64)] * 2, [0, 1], tok.specials.pad,
-                    regression=False)  # fmt: skip
-    out = model(batch.tokens, batch.extract)
+    examples = [encode(Example(text), "classification", tok, 64) for text in ("the river stood still", "a lamp")]
+    batch = collate(examples, [0, 1], tok.specials.pad, regression=False)  # the second is padded
+    out = model(batch.tokens, batch.extract, batch.lm_targets)
     task = task_loss(out.scores, batch.labels, regression=False)
-    lm = lm_loss(out.lm_logits, batch.lm_targets.view(-1, batch.lm_targets.size(-1)))
+    # The head projects only positions with a next token; the loss is the one over every position.
+    lm = lm_loss(gpt(batch.tokens.flatten(0, 1)).logits, batch.lm_targets.flatten(0, 1))
+    assert out.lm_loss.item() == pytest.approx(lm.item(), rel=1e-6)
+    assert model(batch.tokens, batch.extract).lm_loss is None  # no targets, no LM head
     assert loss(out, batch, False, 0.0).item() == pytest.approx(task.item())
     assert loss(out, batch, False, 0.5).item() == pytest.approx(task.item() + 0.5 * lm.item())
     regression = TaskModel(gpt, "similarity", 1, 0.0)

@@ -105,8 +105,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; the fused kernel where the device has one."""
-    fused = device.type == "cuda"
+    """AdamW; the fused kernel where the device has one (CUDA, and CPU, where it is several times
+    faster than the per-parameter loop on a small model)."""
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=train.betas, fused=fused)
 
 

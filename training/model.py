@@ -99,7 +99,12 @@ class GPT(nn.Module):
         x = self.drop(self.tokens_embed(idx) + self.positions_embed(pos))  # (B, T, C)
         for block in self.h:
             x = block(x)
-        return Output(x, x @ self.tokens_embed.weight.T if logits else None)  # (B, T, V), tied to the embedding
+        return Output(x, self.lm_head(x) if logits else None)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., C) hidden states -> (..., V) next-token logits: the output projection, tied to the
+        token embedding."""
+        return hidden @ self.tokens_embed.weight.T
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
