@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pyarrow.parquet as pq
 import pytest
@@ -71,8 +72,28 @@ def rows(folder: Path, split: str) -> list[dict]:
     return [r for f in sorted((folder / split).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
 
 
-def test_every_document_is_kept_rejected_or_a_duplicate(ray_address, tmp_path, write_config):
-    outcome = run_data(corpus_config(make_corpus(tmp_path), write_config))
+class Corpus(NamedTuple):
+    root: Path
+    config: Path
+    outcome: Any  # the data stage's outcome on it, with the default settings
+
+
+@pytest.fixture(scope="module")
+def corpus(ray_address, tmp_path_factory) -> Corpus:
+    """make_corpus's data stage, run once in this process on the suite's cluster; the tests that
+    need another run compare theirs with it."""
+    root = make_corpus(tmp_path_factory.mktemp("corpus"))
+
+    def write(text: str) -> Path:
+        (root / "cfg.yaml").write_text(text)
+        return root / "cfg.yaml"
+
+    config = corpus_config(root, write)
+    return Corpus(root, config, run_data(config))
+
+
+def test_every_document_is_kept_rejected_or_a_duplicate(corpus):
+    outcome = corpus.outcome
     counts = outcome.manifest["counts"]
     json_src, text_src = counts["sources"]["json"], counts["sources"]["text"]
     assert json_src == {"in": 14, "kept": 9, "train": json_src["train"], "val": json_src["val"], "duplicates": 2,
@@ -90,20 +111,18 @@ def test_every_document_is_kept_rejected_or_a_duplicate(ray_address, tmp_path, w
     assert {json.loads(r["meta"]).get("title") for r in kept if r["source"] == "json"} >= {"topic 0", "topic 1"}
 
 
-def test_split_is_chosen_by_text_so_reruns_and_sources_agree(ray_address, tmp_path, write_config):
-    root = make_corpus(tmp_path)
-    first = run_data(corpus_config(root, write_config))
-    again = run_data(corpus_config(root, write_config), f"run.out_dir={tmp_path / 'other'}")
+def test_split_is_chosen_by_text_so_reruns_and_sources_agree(corpus, tmp_path):
+    first = corpus.outcome
+    again = run_data(corpus.config, f"run.out_dir={tmp_path / 'other'}")
     assert {r["id"] for r in rows(first.dir, "val")} == {r["id"] for r in rows(again.dir, "val")}
     assert 0 < len(rows(first.dir, "val")) < 12
 
 
-def test_output_is_identical_whatever_the_number_of_workers(ray_address, tmp_path, write_config):
-    root = make_corpus(tmp_path)
-    one = run_data(corpus_config(root, write_config), "data.num_workers=1", f"run.out_dir={tmp_path / 'w1'}")
-    two = run_data(corpus_config(root, write_config), "data.num_workers=3", f"run.out_dir={tmp_path / 'w3'}")
-    assert one.dir.name == two.dir.name, "worker count is not part of the stage's identity"
-    assert one.manifest["files"] == two.manifest["files"]
+def test_output_is_identical_whatever_the_number_of_workers(corpus, tmp_path):
+    assert load_config(corpus.config).data.num_workers == 2
+    one = run_data(corpus.config, "data.num_workers=1", f"run.out_dir={tmp_path / 'w1'}")
+    assert one.dir.name == corpus.outcome.dir.name, "worker count is not part of the stage's identity"
+    assert one.manifest["files"] == corpus.outcome.manifest["files"]
 
 
 def test_limit_caps_each_source_in_order(ray_address, tmp_path, write_config):
@@ -127,18 +146,14 @@ def test_missing_path_is_one_clear_error_before_any_work(tmp_path, write_config)
     assert not list(tmp_path.glob("default/data/*/train"))
 
 
-def test_cluster_at_ray_address_gives_the_local_default_output(ray_address, tmp_path, write_config):
-    cfg = corpus_config(make_corpus(tmp_path), write_config)
+def test_cluster_at_ray_address_gives_the_local_default_output(corpus, tmp_path):
+    """The suite's cluster (the fixture's run) against `gpt1 data` starting a local Ray of its own."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    dirs = []
-    for name, extra in (("cluster", ["--ray-address", ray_address]), ("local", [])):
-        out = tmp_path / name
-        proc = subprocess.run([GPT1, "data", str(cfg), "--set", f"run.out_dir={out}", *extra],
-                              capture_output=True, text=True, env=env, timeout=240)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        dirs.append(Path(proc.stdout.strip().splitlines()[-1]))
-        assert "rejected: malformed_json" in proc.stderr + proc.stdout
-    cluster, local = (read_manifest(d) for d in dirs)
+    proc = subprocess.run([GPT1, "data", str(corpus.config), "--set", f"run.out_dir={tmp_path / 'local'}"],
+                          capture_output=True, text=True, env=env, timeout=240)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "rejected: malformed_json" in proc.stderr + proc.stdout
+    cluster, local = corpus.outcome.manifest, read_manifest(Path(proc.stdout.strip().splitlines()[-1]))
     assert cluster["files"] == local["files"] and cluster["counts"] == local["counts"]
 
 

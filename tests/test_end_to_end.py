@@ -49,13 +49,20 @@ def miniature(tmp_path_factory) -> Path:
     return config
 
 
-def test_run_goes_from_raw_text_to_a_report_then_skips_everything(miniature, ray_address, tmp_path):
+@pytest.fixture(scope="module")
+def run_out(tmp_path_factory) -> Path:
+    """One output folder for both runs: the second reuses the data, tokenizer and shards stages of
+    whichever ran first, as a user's rerun with other training settings would."""
+    return tmp_path_factory.mktemp("mini-out")
+
+
+def test_run_goes_from_raw_text_to_a_report_then_skips_everything(miniature, ray_address, run_out):
     env = {**os.environ, "COLUMNS": "250"}
-    proc = subprocess.run(gpt1_run(miniature, tmp_path, ray_address), capture_output=True, text=True, env=env)
+    proc = subprocess.run(gpt1_run(miniature, run_out, ray_address), capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = Path(proc.stdout.strip().splitlines()[-1])
     assert html.name == "report.html" and html.is_file()
-    stages = json.loads((tmp_path / "mini" / "stages.json").read_text())
+    stages = json.loads((run_out / "mini" / "stages.json").read_text())
     assert sorted(stages) == sorted(STAGES)
     for name in STAGES:
         manifest = json.loads((Path(stages[name]["dir"]) / "manifest.json").read_text())
@@ -71,31 +78,36 @@ def test_run_goes_from_raw_text_to_a_report_then_skips_everything(miniature, ray
     page = html.read_text()
     assert page.count("data:image/png;base64,") == 4 and "<table>" in page and "src='figure" not in page
 
-    manual = subprocess.run([GPT1, "report", str(tmp_path / "mini")], capture_output=True, text=True)
-    assert manual.returncode == 0 and manual.stdout.strip() == str(tmp_path / "mini/report/latest/report.html")
+    manual = subprocess.run([GPT1, "report", str(run_out / "mini")], capture_output=True, text=True)
+    assert manual.returncode == 0 and manual.stdout.strip() == str(run_out / "mini/report/latest/report.html")
     assert "Miniature run" in Path(manual.stdout.strip()).read_text()  # the run's report settings are kept
 
     t0 = time.monotonic()
-    again = subprocess.run(gpt1_run(miniature, tmp_path, ray_address), capture_output=True, text=True, env=env)
+    again = subprocess.run(gpt1_run(miniature, run_out, ray_address), capture_output=True, text=True, env=env)
     assert again.returncode == 0 and Path(again.stdout.strip().splitlines()[-1]) == html
     assert [f"{name}: skipped" in " ".join(again.stderr.split()) for name in STAGES] == [True] * len(STAGES)
     assert time.monotonic() - t0 < 30
 
 
-def test_a_run_killed_during_pretraining_completes_when_rerun(miniature, ray_address, tmp_path):
+def test_a_run_killed_during_pretraining_completes_when_rerun(miniature, ray_address, run_out):
     args = ["--set", "train.max_steps=60", "--set", "train.checkpoint_every=5"]
-    proc = subprocess.Popen(gpt1_run(miniature, tmp_path, ray_address, *args), stdout=subprocess.DEVNULL,
+    pretrain = run_out / "mini" / "pretrain"
+    before = set(pretrain.iterdir()) if pretrain.is_dir() else set()
+    proc = subprocess.Popen(gpt1_run(miniature, run_out, ray_address, *args), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    pretrain = tmp_path / "mini" / "pretrain"
+
+    def started() -> list[Path]:  # this run's pretraining folder, once it holds a checkpoint
+        return [p for p in pretrain.glob("*") if p not in before and (p / "checkpoints/latest").is_file()]
+
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None and not list(pretrain.glob("*/checkpoints/latest")):
+    while time.monotonic() < deadline and proc.poll() is None and not started():
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    (folder,) = [p for p in pretrain.iterdir() if p.is_dir()]
+    (folder,) = [p for p in pretrain.iterdir() if p.is_dir() and p not in before]
     assert not (folder / "manifest.json").exists(), "pretraining finished before it was killed"
 
-    rerun = subprocess.run(gpt1_run(miniature, tmp_path, ray_address, *args), capture_output=True, text=True)
+    rerun = subprocess.run(gpt1_run(miniature, run_out, ray_address, *args), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resumed from" in rerun.stderr and (folder / "manifest.json").is_file()
     assert json.loads((folder / "result.json").read_text())["steps"] == 60

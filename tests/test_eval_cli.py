@@ -23,7 +23,7 @@ def checkpoint(tiny_shards, tmp_path_factory) -> Path:
 
 def gpt1_eval(out: Path, ray_address: str, *args: str) -> subprocess.CompletedProcess:
     cmd = [GPT1, "eval", str(CONFIGS / "tiny.yaml"), "--set", f"run.out_dir={out}", "--ray-address", ray_address,
-           "--set", "eval.epochs=1", *args]  # fmt: skip
+           "--set", "eval.epochs=1", "--set", "eval.ablations=[]", *args]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
