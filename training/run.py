@@ -116,23 +116,20 @@ def init_process() -> torch.device:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+        _skip_shared_memory_op()
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
-    _release_shared_memory()
     return device
 
 
-def _release_shared_memory() -> None:
-    """DeepSpeed's CPU all-reduce (all ranks on one host) maps a shared-memory buffer per rank,
-    /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank> (69 MB), and never removes it,
-    so every run, finished or killed, leaves them behind. Once every rank has mapped every buffer
-    (they do so inside init_distributed), each removes its name; the memory itself is freed when
-    the last process using it exits, however it exits."""
-    if os.environ.get("LOCAL_SIZE") != os.environ["WORLD_SIZE"]:  # DeepSpeed uses these buffers only then
-        return
-    dist.barrier()
-    env = os.environ
-    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env['MASTER_ADDR']}_{env['MASTER_PORT']}_{dist.get_rank()}"
-    Path("/dev/shm", name).unlink(missing_ok=True)
+def _skip_shared_memory_op() -> None:
+    """On CPU, DeepSpeed compiles a shared-memory all-reduce op when it joins the group (about 35 s
+    on each new machine or environment) and maps a 69 MB /dev/shm buffer per rank that it never
+    removes. The op serves only DeepSpeed's inference all-reduce: training's collectives go through
+    torch.distributed (gloo), so training never builds it."""
+    import importlib
+
+    comm = importlib.import_module("deepspeed.comm.torch")  # the attribute deepspeed.comm.torch is torch itself
+    comm.build_shm_op = lambda: None
 
 
 def _from_slurm() -> None:
