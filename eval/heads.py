@@ -51,8 +51,9 @@ class TaskModel(nn.Module):
             scores = self.head(self.dropout(h.sum(dim=1)))  # similarity sums both orders; others have S = 1
         lm = None
         if lm_targets is not None:
-            has_next = lm_targets.view(B * S, T) >= 0
-            lm = lm_loss(self.gpt.lm_head(hidden[has_next]), lm_targets.view(B * S, T)[has_next])
+            targets = lm_targets.view(B * S, T)
+            has_next = targets >= 0
+            lm = lm_loss(self.gpt.lm_head(hidden[has_next]), targets[has_next])
         return TaskOutput(scores, lm)
 
 

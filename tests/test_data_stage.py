@@ -10,14 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pyarrow.parquet as pq
 import pytest
 
 from launch.config import load_config
 from launch.stages import data_stage
-from pipeline.runner import Runner, read_manifest
+from pipeline.runner import Runner, StageOutcome, read_manifest
 
 GPT1 = str(Path(sys.executable).with_name("gpt1"))
 TOPICS = [t for _, t in sorted(pydoc_data.topics.topics.items()) if len(t) > 3000][:12]
@@ -73,9 +73,8 @@ def rows(folder: Path, split: str) -> list[dict]:
 
 
 class Corpus(NamedTuple):
-    root: Path
     config: Path
-    outcome: Any  # the data stage's outcome on it, with the default settings
+    outcome: StageOutcome  # the data stage's run on it, with the default settings
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,7 @@ def corpus(ray_address, tmp_path_factory) -> Corpus:
         return root / "cfg.yaml"
 
     config = corpus_config(root, write)
-    return Corpus(root, config, run_data(config))
+    return Corpus(config, run_data(config))
 
 
 def test_every_document_is_kept_rejected_or_a_duplicate(corpus):
