@@ -17,12 +17,16 @@ Start = Callable[[Path], None]
 
 
 def data_stage(cfg: Config) -> Stage:
+    """Keyed by the config and by the identity of the local files it reads (paths, sizes, mtimes)."""
+    from pipeline.sources import input_identity
+
     def run(ctx: StageContext) -> dict:
         from pipeline.data_stage import run_data
 
         return run_data(cfg.data, ctx.out_dir)
 
-    return Stage("data", {"data": cfg.data}, run, version=1, resumable=True)
+    sections = {"data": cfg.data, "inputs": input_identity(cfg.data)}
+    return Stage("data", sections, run, version=1, resumable=True)
 
 
 def tokenizer_stage(cfg: Config) -> Stage:

@@ -40,6 +40,8 @@ class SourceConfig(BaseModel):
     """hub: the dataset's config (subset) name, if it has several."""
     split: str = "train"
     """hub: which split to stream."""
+    revision: str | None = None
+    """hub: the dataset's git revision (a commit, tag or branch); pin it so a rerun reads the same rows."""
     sha256: list[str] = Field(default_factory=list)
     """url: expected checksum of each file, in the order of `paths` (empty: not checked)."""
     weight: float = Field(1.0, gt=0)

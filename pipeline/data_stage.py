@@ -4,7 +4,8 @@ Three passes, each a Ray Data map over numbered items, so the output is the same
 number of workers:
 
 1. clean: each partition (a file, URL, hub shard) is read, cleaned and hashed into
-   `work/part-NNNNN.parquet` (atomic; a rerun after a kill skips the partitions already done);
+   `work/part-NNNNN-<identity>.parquet` (atomic; a rerun after a kill skips the partitions already
+   done, and only those: the name carries the digest of the input the partition read);
 2. index: hash columns are scanned in order to find exact duplicates (bucketed by hash) and
    near-duplicates (one task per MinHash band); only hashes and ids are held in memory;
 3. write: each partition's documents go to `train/`, `val/` or `rejects/` (with the reason).
@@ -52,7 +53,7 @@ def run_data(cfg: DataConfig, out: Path) -> dict[str, Any]:
     if failed:
         raise DataError("\n".join(failed))
     quotas = _quotas(partitions, [r["rows"] for r in cleaned])
-    parts = [str(_part_path(work, p.index)) for p in partitions]
+    parts = [str(_part_path(work, p)) for p in partitions]
 
     duplicates = _find_duplicates(parts, quotas, cfg)
     by_partition: dict[int, list[list[Any]]] = {}
@@ -67,8 +68,8 @@ def run_data(cfg: DataConfig, out: Path) -> dict[str, Any]:
     return summary
 
 
-def _part_path(work: Path, index: int) -> Path:
-    return work / f"part-{index:05d}.parquet"
+def _part_path(work: Path, part: Partition) -> Path:
+    return work / f"part-{part.index:05d}-{part.identity}.parquet"
 
 
 # Pass 1: read, clean, hash -----------------------------------------------------------------------
@@ -77,7 +78,7 @@ def _part_path(work: Path, index: int) -> Path:
 def _cleaner(partitions: list[Partition], cfg: DataConfig, work: Path):
     def run(item: dict[str, Any]) -> dict[str, Any]:
         part = partitions[item["p"]]
-        path = _part_path(work, part.index)
+        path = _part_path(work, part)
         try:
             if not path.exists():
                 _clean_partition(part, cfg, path)

@@ -159,12 +159,16 @@ def versions() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _exclusive(lock_path: Path, stage: str) -> Iterator[None]:
-    """Hold a lock so two processes never write the same stage folder at once."""
+    """Hold a lock so two processes never write the same stage folder at once. On a filesystem
+    without locks (some NFS and FUSE mounts) the stage runs unlocked, with a warning."""
     with open(lock_path, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StageError(f"stage {stage} is being written by another process ({lock_path})") from None
+        except OSError as e:
+            log.warning("%s: cannot lock %s (%s); run one writer of this stage at a time", stage, lock_path,
+                        e.strerror or e)  # fmt: skip
         yield
 
 
@@ -218,6 +222,10 @@ class Runner:
             return self._record(StageOutcome(stage.name, "skipped", folder, 0.0, manifest))
 
         with _exclusive(folder.parent / f".{key}.lock", stage.name):
+            manifest = read_manifest(folder)  # another process may have finished it before we held the lock
+            if manifest is not None and stage.name not in self.force:
+                log.info("%s: skipped, completed by another process in %s", stage.name, folder)
+                return self._record(StageOutcome(stage.name, "skipped", folder, 0.0, manifest))
             try:
                 manifest = self._execute(stage, folder, key, inputs)
             except BaseException:

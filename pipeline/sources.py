@@ -8,8 +8,10 @@ that match nothing, a hub dataset that does not exist) fails here, at once, befo
 from __future__ import annotations
 
 import glob
+import hashlib
 import itertools
 import os
+import platform
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +38,10 @@ class Partition:
     source: SourceConfig
     target: str
     units: tuple[str, ...] = ()
+    identity: str = ""
+    """What the partition reads, as a short digest: a local file's path, size and mtime; a hub shard's
+    dataset, revision and shard count; a URL and its checksum. It names the partition's work file, so
+    work left by an earlier attempt is only reused for the same input."""
 
     @property
     def label(self) -> str:
@@ -44,42 +50,76 @@ class Partition:
 
 def plan(cfg: DataConfig) -> list[Partition]:
     """Every partition of every source, in order; all problems found are raised together."""
-    targets: list[tuple[SourceConfig, str, tuple[str, ...]]] = []
+    targets: list[tuple[SourceConfig, str, tuple[str, ...], str]] = []
     problems: list[str] = []
     names = [s.name for s in cfg.sources]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"data.sources: the name {name!r} is used twice")
     for source in cfg.sources:
         try:
-            targets += [(source, target, units) for target, units in _targets(source)]
+            targets += [(source, *target) for target in _targets(source)]
         except (ValueError, OSError, ImportError) as e:
             problems.append(f"data.sources[{source.name}]: {e}")
     if problems:
         raise DataError("\n".join(problems))
-    return [Partition(i, source, target, units) for i, (source, target, units) in enumerate(targets)]
+    return [Partition(i, source, target, units, _digest(identity))
+            for i, (source, target, units, identity) in enumerate(targets)]  # fmt: skip
 
 
-def _targets(source: SourceConfig) -> Iterator[tuple[str, tuple[str, ...]]]:
+def input_identity(cfg: DataConfig) -> dict[str, str]:
+    """A digest per source of the inputs its config alone does not name, found without reading them
+    and without the network: every matching local file's path, size and mtime, and for the built-in
+    corpus the Python it comes from. In the data stage's key, so adding, removing or editing a file
+    starts a new run instead of reporting the old one as complete. (URLs, hub ids and revisions are
+    in the config already; pin `revision` for a hub dataset that may change.)"""
+    identity = {}
+    for source in cfg.sources:
+        if source.kind == "local":
+            files = [_file_identity(path) for pattern in source.paths for path in _matches(pattern)]
+            identity[source.name] = _digest("\n".join(files))
+        elif source.kind == "builtin":
+            identity[source.name] = _digest(platform.python_version())
+    return identity
+
+
+def _targets(source: SourceConfig) -> Iterator[tuple[str, tuple[str, ...], str]]:
+    """(target, units, identity) of each partition of a source."""
     if source.kind == "local":
         for pattern in source.paths:
-            matches = sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
+            matches = _matches(pattern)
             if not matches:
                 raise ValueError(f"no file matches {pattern!r}")
             for path in matches:
                 file_format(path, source.format)  # an unknown extension is a config error, found now
-                yield path, ()
+                yield path, (), _file_identity(path)
     elif source.kind == "url":
-        for url in source.paths:
+        for i, url in enumerate(source.paths):
             file_format(url, source.format)
-            yield url, ()
+            yield url, (), f"{url} {source.sha256[i] if source.sha256 else ''}"
     elif source.kind == "hub":
-        for shard in range(_hub_dataset(source).num_shards):
-            yield f"shard-{shard}", ()
+        shards = _hub_dataset(source).num_shards
+        for shard in range(shards):
+            hub = (source.hub_id, source.hub_config, source.split, source.revision)
+            yield f"shard-{shard}", (), f"{hub} {shard}/{shards}"
     else:
         units = builtin_units()
         size = -(-len(units) // BUILTIN_PARTS)
         for part in range(0, len(units), size):
-            yield f"part-{part // size}", tuple(units[part : part + size])
+            chunk = tuple(units[part : part + size])
+            yield f"part-{part // size}", chunk, f"{platform.python_version()} {chunk}"
+
+
+def _matches(pattern: str) -> list[str]:
+    return sorted(p for p in glob.glob(pattern, recursive=True) if not os.path.isdir(p))
+
+
+def _file_identity(path: str) -> str:
+    stat = os.stat(path)
+    return f"{path} {stat.st_size} {stat.st_mtime_ns}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _hub_dataset(source: SourceConfig):
@@ -89,7 +129,9 @@ def _hub_dataset(source: SourceConfig):
     except ImportError:
         raise ImportError("hub sources need datasets: pip install datasets") from None
     try:
-        return load_dataset(source.hub_id, source.hub_config, split=source.split, streaming=True)
+        return load_dataset(
+            source.hub_id, source.hub_config, split=source.split, revision=source.revision, streaming=True
+        )
     except Exception as e:  # datasets raises many types for a missing id, config or split
         offline = isinstance(e, ConnectionError) or type(e).__name__ == "ConnectionError"
         hint = ("; the hub is out of reach from this host: run the data stage where it is (gpt1 data CONFIG) and "

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,7 +18,11 @@ import pytest
 
 from launch.config import load_config
 from launch.stages import data_stage
+from pipeline.config import DataConfig, SourceConfig
+from pipeline.data_stage import _clean_partition, _part_path
+from pipeline.data_stage import run_data as pipeline_run_data
 from pipeline.runner import Runner, StageOutcome, read_manifest
+from pipeline.sources import plan
 
 GPT1 = str(Path(sys.executable).with_name("gpt1"))
 TOPICS = [t for _, t in sorted(pydoc_data.topics.topics.items()) if len(t) > 3000][:12]
@@ -189,3 +194,46 @@ def test_tiny_config_data_stage_runs_from_the_command_line(ray_address, tmp_path
     assert proc.returncode == 0, proc.stderr
     manifest = read_manifest(Path(proc.stdout.strip().splitlines()[-1]))
     assert manifest["counts"]["kept"] > 300 and manifest["counts"]["sources"]["builtin"]["in"] > 600
+
+
+def test_an_added_or_edited_file_changes_the_key_and_is_read(ray_address, tmp_path, write_config):
+    root = tmp_path / "in"
+    root.mkdir()
+    write_jsonl(root / "a.jsonl", TOPICS[:4])
+    cfg = write_config(f"run: {{name: t, out_dir: {tmp_path / 'runs'}}}\n"
+                       f"data: {{sources: [{{name: s, paths: ['{root}/*.jsonl']}}], val_fraction: 0.0}}\n")  # fmt: skip
+    first = run_data(cfg)
+    write_jsonl(root / "b.jsonl", TOPICS[4:6])
+    added = run_data(cfg)
+    assert added.status == "done" and added.dir != first.dir
+    assert added.manifest["counts"]["in"] == 6
+    write_jsonl(root / "b.jsonl", TOPICS[4:7])
+    edited = run_data(cfg)
+    assert edited.status == "done" and edited.dir not in (first.dir, added.dir)
+    assert edited.manifest["counts"]["in"] == 7
+    assert run_data(cfg).status == "skipped"
+
+
+def test_work_left_for_other_files_is_never_reused(ray_address, tmp_path):
+    """Files a and c are cleaned and the run is killed; b is added and the run resumes in the same
+    folder. c's work file was partition 1 and b is partition 1 now: b's documents must all be read."""
+    root = tmp_path / "in"
+    root.mkdir()
+    write_jsonl(root / "a.jsonl", TOPICS[:4])
+    write_jsonl(root / "c.jsonl", TOPICS[4:8])
+    cfg = DataConfig(sources=[SourceConfig(name="s", paths=[f"{root}/*.jsonl"])], val_fraction=0.0)
+    out = tmp_path / "out"
+    (out / "work").mkdir(parents=True)
+    for part in plan(cfg):  # what a kill after pass 1 leaves behind
+        _clean_partition(part, cfg, _part_path(out / "work", part))
+
+    write_jsonl(root / "b.jsonl", TOPICS[8:10])
+    summary = pipeline_run_data(cfg, out)
+    assert summary["counts"]["in"] == 10
+    ids = [r["id"] for split in ("train", "rejects") for r in rows(out, split)]
+    assert Counter(i.rsplit(":", 1)[0] for i in ids) == {str(root / "a.jsonl"): 4, str(root / "b.jsonl"): 2,
+                                                         str(root / "c.jsonl"): 4}  # fmt: skip
+
+
+def write_jsonl(path: Path, texts: list[str]) -> None:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))

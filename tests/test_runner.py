@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -222,3 +223,36 @@ def test_second_writer_of_the_same_stage_is_refused(tmp_path: Path):
 
     with pytest.raises(StageError, match="being written by another process"):
         Runner(tmp_path).run([Stage("data", {}, reenter)])
+
+
+def test_a_stage_finished_by_another_process_while_waiting_for_the_lock_is_not_run_again(tmp_path: Path,
+                                                                                        monkeypatch):  # fmt: skip
+    import pipeline.runner as runner
+
+    calls: list[str] = []
+    real = runner._exclusive
+
+    @contextlib.contextmanager
+    def finished_first(lock_path: Path, stage: str):
+        monkeypatch.setattr(runner, "_exclusive", real)
+        Runner(tmp_path).run([Stage("data", {}, writer(calls, "other"))])  # the other process, first to the lock
+        with real(lock_path, stage):
+            yield
+
+    monkeypatch.setattr(runner, "_exclusive", finished_first)
+    (outcome,) = Runner(tmp_path).run([Stage("data", {}, writer(calls, "this"))])
+    assert calls == ["other"] and outcome.status == "skipped"
+
+
+def test_a_filesystem_without_locks_runs_the_stage_with_a_warning(tmp_path: Path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    calls: list[str] = []
+    (outcome,) = Runner(tmp_path).run([Stage("data", {}, writer(calls, "data"))])
+    assert outcome.status == "done" and calls == ["data"]
+    assert "cannot lock" in caplog.text and "No locks available" in caplog.text
