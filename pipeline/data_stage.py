@@ -178,8 +178,11 @@ def _writer(parts: list[str], val_fraction: float, out: Path):
 
 def _write_partition(part: str, index: int, quota: int, dups: dict[int, tuple[str, str]], val_fraction: float,
                      out: Path) -> dict[str, Any]:  # fmt: skip
+    """Stream one partition's rows into its train, val and rejects files, a row group at a time."""
     counts: Counter = Counter()
-    outputs = {"train": [], "val": [], "rejects": []}
+    name = f"part-{index:05d}.parquet"
+    outputs = {"train": _Output(out / "train" / name, DOCS_SCHEMA), "val": _Output(out / "val" / name, DOCS_SCHEMA),
+               "rejects": _Output(out / "rejects" / name, REJECTS_SCHEMA)}  # fmt: skip
     for batch in pq.ParquetFile(part).iter_batches(batch_size=ROWS_PER_GROUP):
         for row in batch.to_pylist():
             if row["order"] & ((1 << ROW_BITS) - 1) >= quota:
@@ -187,28 +190,49 @@ def _write_partition(part: str, index: int, quota: int, dups: dict[int, tuple[st
             counts["in"] += 1
             if row["reason"] is not None:
                 counts[f"rejected.{row['reason']}"] += 1
-                outputs["rejects"].append((row["id"], row["source"], row["reason"], row["detail"], row["preview"]))
+                outputs["rejects"].add((row["id"], row["source"], row["reason"], row["detail"], row["preview"]))
             elif row["order"] in dups:
                 kind, first = dups[row["order"]]
                 counts["duplicates"] += 1
-                outputs["rejects"].append((row["id"], row["source"], kind, f"duplicate of {first}", row["preview"]))
+                outputs["rejects"].add((row["id"], row["source"], kind, f"duplicate of {first}", row["preview"]))
             else:
                 split = "val" if row["hash"] % SPLIT_BUCKETS < val_fraction * SPLIT_BUCKETS else "train"
                 counts[split] += 1
-                outputs[split].append((row["id"], row["text"], row["source"], row["meta"]))
-    for split, rows in outputs.items():
-        if rows:
-            schema = REJECTS_SCHEMA if split == "rejects" else DOCS_SCHEMA
-            _write_table(out / split / f"part-{index:05d}.parquet", rows, schema)
+                outputs[split].add((row["id"], row["text"], row["source"], row["meta"]))
+    for output in outputs.values():
+        output.close()
     return dict(counts)
 
 
-def _write_table(path: Path, rows: list[tuple], schema: pa.Schema) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist([dict(zip(schema.names, r)) for r in rows], schema=schema)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, row_group_size=ROWS_PER_GROUP)
-    os.replace(tmp, path)
+class _Output:
+    """One output Parquet file, written a row group at a time through a temp file, and renamed into
+    place when closed; no file at all when it gets no rows."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path, self.schema = path, schema
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.rows: list[tuple] = []
+        self.writer: pq.ParquetWriter | None = None
+
+    def add(self, row: tuple) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= ROWS_PER_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+        columns = list(zip(*self.rows))
+        self.writer.write_batch(pa.record_batch([list(c) for c in columns], schema=self.schema))
+        self.rows = []
+
+    def close(self) -> None:
+        if self.rows:
+            self._flush()
+        if self.writer is not None:
+            self.writer.close()
+            os.replace(self.tmp, self.path)
 
 
 # Accounting -------------------------------------------------------------------------------------
