@@ -17,6 +17,29 @@ BOILERPLATE = [
 ]
 
 
+class JoinConfig(BaseModel):
+    """Join consecutive rows of a sentence- or line-level source into documents. A document closes
+    when any limit set here is reached, when `field` changes value, at the end of a partition, and
+    before it would pass `clean.max_chars`; rows that cannot be read stay rejected on their own."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    rows: int | None = Field(None, gt=0)
+    """At most this many rows per document."""
+    words: int | None = Field(None, gt=0)
+    """Close a document once it has at least this many words."""
+    field: str | None = None
+    """Join rows while this field (e.g. `book_id`) keeps the same value."""
+    separator: str = "\n"
+    """Put between joined rows."""
+
+    @model_validator(mode="after")
+    def _has_a_limit(self) -> JoinConfig:
+        if self.rows is None and self.words is None and self.field is None:
+            raise ValueError("join needs rows, words or field")
+        return self
+
+
 class SourceConfig(BaseModel):
     """One corpus to ingest."""
 
@@ -48,6 +71,8 @@ class SourceConfig(BaseModel):
     """Relative weight of this source when shards are mixed; recorded in the manifest."""
     limit: int | None = Field(None, gt=0)
     """Read at most this many documents from this source; null reads everything."""
+    join: JoinConfig | None = None
+    """Join consecutive rows into documents (e.g. `{words: 10000}` for a one-sentence-per-row corpus)."""
 
     @model_validator(mode="after")
     def _kind_has_what_it_needs(self) -> SourceConfig:

@@ -191,16 +191,21 @@ def _parquet(path: str, source: SourceConfig, stats: Counter) -> Iterator[Doc]:
     import pyarrow.parquet as pq
 
     file = pq.ParquetFile(path)
-    if source.text_field not in file.schema_arrow.names:
-        raise ReadError("missing_field", f"no column {source.text_field!r} (columns: {file.schema_arrow.names})")
+    group_by = source.join.field if source.join is not None else None
+    columns = [source.text_field, *([group_by] if group_by else [])]
+    for column in columns:
+        if column not in file.schema_arrow.names:
+            raise ReadError("missing_field", f"no column {column!r} (columns: {file.schema_arrow.names})")
     number = 0
-    for batch in file.iter_batches(batch_size=1024, columns=[source.text_field]):
-        for text in batch.column(0).to_pylist():
+    for batch in file.iter_batches(batch_size=1024, columns=columns):
+        values = batch.column(1).to_pylist() if group_by else None
+        for i, text in enumerate(batch.column(0).to_pylist()):
             number += 1
             if not isinstance(text, str):
                 yield Doc.rejected(f"{path}:{number}", source.name, "missing_field", f"row {number}: null text")
-            else:
-                yield Doc(f"{path}:{number}", source.name, text, {"path": path, "row": number})
+                continue
+            meta = {"path": path, "row": number, **({group_by: values[i]} if values is not None else {})}
+            yield Doc(f"{path}:{number}", source.name, text, meta)
 
 
 def html_main_text(html: str) -> str:

@@ -20,6 +20,7 @@ from pipeline.builtin import builtin_units, read_builtin
 from pipeline.config import DataConfig, SourceConfig
 from pipeline.documents import Doc
 from pipeline.download import fetch
+from pipeline.join import join_rows
 from pipeline.readers import file_format, read_file
 from pipeline.runner import StageError
 
@@ -140,8 +141,23 @@ def _hub_dataset(source: SourceConfig):
 
 
 def read_partition(part: Partition, cfg: DataConfig, stats: Counter) -> Iterator[Doc]:
-    """The documents of one partition, at most `limit` of them (the source's limit applies to all)."""
-    return itertools.islice(_read(part, cfg, stats), part.source.limit)
+    """The documents of one partition, rows joined as configured, at most `limit` of them (the
+    source's limit applies to all)."""
+    docs = _read(part, cfg, stats)
+    if part.source.join is not None:
+        docs = join_rows(docs, part.source.join, cfg.clean.max_chars, stats)
+    if cfg.clean.max_chars is not None:
+        docs = _within(docs, cfg.clean.max_chars)
+    return itertools.islice(docs, part.source.limit)
+
+
+def _within(docs: Iterator[Doc], max_chars: int) -> Iterator[Doc]:
+    """Records (a JSON line, a Parquet row, a hub record) longer than max_chars, rejected too_long;
+    whole files are checked while they are read, so that they never need to be held."""
+    for doc in docs:
+        if doc.reason is None and len(doc.text) > max_chars:
+            doc = Doc.rejected(doc.id, doc.source, "too_long", f"{len(doc.text):,} characters, more than {max_chars:,}")
+        yield doc
 
 
 def _read(part: Partition, cfg: DataConfig, stats: Counter) -> Iterator[Doc]:
@@ -162,7 +178,10 @@ def _read(part: Partition, cfg: DataConfig, stats: Counter) -> Iterator[Doc]:
             doc_id = f"{source.name}/{source.split}/{shard}:{row}"
             text = record.get(source.text_field)
             if isinstance(text, str):
-                yield Doc(doc_id, source.name, text, {"hub": source.hub_id, "shard": shard, "row": row})
+                meta = {"hub": source.hub_id, "shard": shard, "row": row}
+                if source.join is not None and source.join.field is not None:
+                    meta[source.join.field] = record.get(source.join.field)
+                yield Doc(doc_id, source.name, text, meta)
             else:
                 yield Doc.rejected(doc_id, source.name, "missing_field", f"row {row}: no string {source.text_field!r}")
     else:

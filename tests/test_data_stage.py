@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pydoc_data.topics
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -237,3 +239,39 @@ def test_work_left_for_other_files_is_never_reused(ray_address, tmp_path):
 
 def write_jsonl(path: Path, texts: list[str]) -> None:
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+
+
+def write_sentence_parquet(root: Path, texts: list[str], files: int = 2) -> int:
+    """A folder laid out like `bookcorpus/bookcorpus` on the hub: `plain_text/train-*.parquet`, one
+    `text` column, one lower-cased sentence per row, in book order, no book ids. Returns the rows."""
+    sentences = [s.strip().lower() + " ." for t in texts for s in t.replace("\n", " ").split(". ") if s.strip()]
+    (root / "plain_text").mkdir(parents=True)
+    size = -(-len(sentences) // files)
+    for i in range(files):
+        table = pa.table({"text": sentences[i * size : (i + 1) * size]})
+        pq.write_table(table, root / "plain_text" / f"train-{i:05d}-of-{files:05d}.parquet", row_group_size=100)
+    return len(sentences)
+
+
+def test_sentence_rows_are_joined_into_documents_the_default_rules_can_judge(ray_address, tmp_path, write_config):
+    books = [t for _, t in sorted(pydoc_data.topics.topics.items()) if len(t) > 1500]
+    rows_in = write_sentence_parquet(tmp_path / "bookcorpus", books)
+    paths = f"['{tmp_path}/bookcorpus/plain_text/*.parquet']"
+    base = f"run: {{name: t, out_dir: {tmp_path / 'runs'}}}\ndata: {{sources: [{{name: books, paths: {paths}"
+    by_row = run_data(write_config(base + "}]}\n", "rows.yaml"))
+    joined = run_data(write_config(base + ", join: {words: 400}}]}\n", "joined.yaml"))
+
+    assert by_row.manifest["counts"]["in"] == rows_in and by_row.manifest["counts"]["kept"] < rows_in // 20
+    counts = joined.manifest["counts"]
+    steps = joined.manifest["steps"]["books"]
+    assert steps["join.rows"] == rows_in and steps["join.documents"] == counts["in"] < rows_in // 10
+    assert counts["in"] == counts["kept"] + counts["duplicates"] + sum(counts["rejected"].values())
+    assert counts["kept"] > counts["in"] // 2, counts["rejected"]
+    for doc in rows(joined.dir, "train") + rows(joined.dir, "val"):
+        path, first, last = re.fullmatch(r"(.*\.parquet):(\d+)-(\d+)", doc["id"]).groups()
+        column = pq.read_table(path).column("text").to_pylist()
+        sentences = column[int(first) - 1 : int(last)]
+        words = [len(s.split()) for s in sentences]
+        assert [len(line.split()) for line in doc["text"].split("\n")] == words  # a line per row, as cleaned
+        assert json.loads(doc["meta"])["rows"] == len(sentences)
+        assert sum(words[:-1]) < 400 and (sum(words) >= 400 or int(last) == len(column)), "closed at 400 words"

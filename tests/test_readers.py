@@ -636,6 +636,79 @@ def test_hub_dataset_that_does_not_exist_is_a_data_error(tmp_path, offline, hub_
         plan(DataConfig(sources=[SourceConfig(name="hub", kind="hub", hub_id=hub_id)]))
 
 
+# Joining rows into documents ---------------------------------------------------------------------
+
+
+def joined(path: Path, max_chars: int | None = None, **join) -> tuple[list[Doc], Counter]:
+    cfg = DataConfig(sources=[source(paths=[str(path)], join=join)], clean={"max_chars": max_chars})
+    stats: Counter = Counter()
+    return [d for p in plan(cfg) for d in read_partition(p, cfg, stats)], stats
+
+
+def test_join_rows_closes_a_document_every_n_rows_and_keeps_the_row_range_in_its_id(tmp_path):
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"text": [f"sentence {i} ." for i in range(1, 8)]}), path)
+    docs, stats = joined(path, rows=3)
+    assert [(d.id, d.text) for d in docs] == [
+        (f"{path}:1-3", "sentence 1 .\nsentence 2 .\nsentence 3 ."),
+        (f"{path}:4-6", "sentence 4 .\nsentence 5 .\nsentence 6 ."),
+        (f"{path}:7", "sentence 7 ."),
+    ]
+    assert docs[0].meta == {"path": str(path), "row": 1, "rows": 3}
+    assert stats["join.rows"] == 7 and stats["join.documents"] == 3
+
+
+def test_join_words_closes_a_document_once_it_has_enough_words(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps({"text": " ".join(["word"] * n)}) + "\n" for n in (3, 3, 5, 1, 1)))
+    docs, _ = joined(path, words=6, separator=" ")
+    assert [len(d.text.split()) for d in docs] == [6, 6, 1]
+
+
+def test_join_field_groups_rows_while_the_field_keeps_its_value(tmp_path):
+    path = tmp_path / "s.parquet"
+    table = pa.table({"text": ["a1", "a2", "b1", "b2", "b3", "a3"], "book_id": [7, 7, 8, 8, 8, 7]})
+    pq.write_table(table, path)
+    docs, _ = joined(path, field="book_id")
+    assert [(d.text.split("\n"), d.meta["book_id"]) for d in docs] == [
+        (["a1", "a2"], 7), (["b1", "b2", "b3"], 8), (["a3"], 7)]  # fmt: skip
+
+
+def test_join_field_that_is_not_a_column_is_one_rejected_record(tmp_path):
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"text": ["a", "b"]}), path)
+    [doc], _ = joined(path, field="book_id")
+    assert doc.reason == "missing_field" and "book_id" in doc.detail
+
+
+def test_rejected_rows_pass_through_and_a_document_never_passes_max_chars(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text("\n".join([json.dumps({"text": "x" * 40}), "{broken", *[json.dumps({"text": "y" * 40})] * 3]))
+    docs, stats = joined(path, max_chars=100, field="none")
+    assert [(d.reason, len(d.text)) for d in docs] == [("malformed_json", 0), (None, 81), (None, 81)]
+    assert stats["join.rows"] == 4
+
+
+def test_a_record_longer_than_max_chars_is_rejected_too_long(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"text": "x" * 101}) + "\n" + json.dumps({"text": "y" * 100}) + "\n")
+    cfg = DataConfig(sources=[source(paths=[str(path)])], clean={"max_chars": 100})
+    docs = [d for p in plan(cfg) for d in read_partition(p, cfg, Counter())]
+    assert [(d.reason, len(d.text)) for d in docs] == [("too_long", 0), (None, 100)]
+    assert docs[0].detail == "101 characters, more than 100"
+
+
+def test_join_on_a_hub_dataset_reads_the_field_of_each_record(tmp_path, offline):
+    data = tmp_path / "ds" / "data"
+    data.mkdir(parents=True)
+    table = pa.table({"text": ["one .", "two .", "three ."], "book_id": ["x", "x", "y"]})
+    pq.write_table(table, data / "train-00000-of-00001.parquet")
+    join = {"field": "book_id"}
+    cfg = DataConfig(sources=[SourceConfig(name="hub", kind="hub", hub_id=str(tmp_path / "ds"), join=join)])
+    docs = [d for p in plan(cfg) for d in read_partition(p, cfg, Counter())]
+    assert [(d.id, d.text) for d in docs] == [("hub/train/0:1-2", "one .\ntwo ."), ("hub/train/0:3", "three .")]
+
+
 # Built-in corpus -------------------------------------------------------------------------------------
 
 
