@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.builtin import builtin_units, read_builtin
@@ -224,3 +226,29 @@ def test_tokenizer_stage_trains_on_the_data_stage_and_is_skipped_when_current(ti
     other = train_command(tiny_out, "--set", "tokenizer.style=bytelevel")
     assert other.returncode == 0, other.stderr
     assert Path(other.stdout.strip().splitlines()[-1]) != folder
+
+    assert manifest["sample"] == {"fraction": 1.0, "max_bytes": None}
+    sample = train_command(tiny_out, "--set", "tokenizer.max_bytes=400000", "--set", "tokenizer.merges=500")
+    assert sample.returncode == 0, sample.stderr
+    sampled = json.loads((Path(sample.stdout.strip().splitlines()[-1]) / "manifest.json").read_text())
+    assert 0 < sampled["sample"]["fraction"] < 1 and "training on" in sample.stderr
+
+
+def test_max_bytes_trains_on_a_hash_sample_of_about_that_size_the_same_whatever_the_file_order(tmp_path):
+    from pipeline.documents import DOCS_SCHEMA
+    from pipeline.tokenizer_stage import sample_fraction, sampled
+
+    texts = [f"document {i} " + "word " * (i % 50) for i in range(2000)]
+    files = []
+    for n, chunk in enumerate((texts[:1000], texts[1000:])):
+        files.append(tmp_path / f"part-{n:05d}.parquet")
+        rows = [{"id": str(i), "text": t, "source": "s", "meta": "{}"} for i, t in enumerate(chunk)]
+        pq.write_table(pa.Table.from_pylist(rows, schema=DOCS_SCHEMA), files[-1])
+    total = sum(len(t.encode()) for t in texts)
+    keep = sample_fraction(files, total // 4)
+    assert 0.2 < keep < 0.3, "the metadata's size is the text's, give or take Parquet's overhead"
+    chosen = list(sampled(iter(texts), keep))
+    assert 0.8 * total / 4 < sum(len(t.encode()) for t in chosen) < 1.2 * total / 4
+    assert set(sampled(iter(reversed(texts)), keep)) == set(chosen)
+    assert sample_fraction(files, None) == 1.0 and sample_fraction(files, 10 * total) == 1.0
+    assert list(sampled(iter(texts), 1.0)) == texts

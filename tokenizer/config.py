@@ -18,5 +18,8 @@ class TokenizerConfig(BaseModel):
     """Number of BPE merges to learn (the paper: 40,000)."""
     min_frequency: int = Field(2, gt=0)
     """A pair must occur this often to be merged."""
+    max_bytes: int | None = Field(None, gt=0)
+    """Train on a sample of about this many bytes of the train split, chosen by a hash of each
+    document's text (the same documents every run, whatever the file order); null: all of it."""
     max_alphabet: int = Field(1000, gt=0)
     """gpt1 style: the most frequent characters kept as base symbols; rarer ones encode as <unk>."""
