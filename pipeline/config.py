@@ -152,8 +152,9 @@ class DataConfig(BaseModel):
     """Fraction of documents held out for validation, chosen by a hash of the text."""
     cache_dir: str = Field("~/.cache/gpt1", json_schema_extra={"hashed": False})
     """Where downloaded files are kept between runs."""
-    num_workers: int = Field(2, gt=0, json_schema_extra={"hashed": False})
-    """Ray workers that read and clean in parallel (does not change the output)."""
+    num_workers: int | None = Field(None, gt=0, json_schema_extra={"hashed": False})
+    """Ray workers that read and clean in parallel; null: one per CPU of the cluster (does not change
+    the output)."""
 
 
 class ShardsConfig(BaseModel):
@@ -165,5 +166,5 @@ class ShardsConfig(BaseModel):
     """Tokens per training sequence; at most model.n_positions."""
     shard_tokens: int = Field(100_000_000, gt=0)
     """Target number of tokens per shard file."""
-    num_workers: int = Field(2, gt=0, json_schema_extra={"hashed": False})
-    """Tokenizer actors (does not change the output)."""
+    num_workers: int | None = Field(None, gt=0, json_schema_extra={"hashed": False})
+    """Tokenizer actors; null: one per CPU of the cluster (does not change the output)."""

@@ -30,7 +30,7 @@ from pipeline.clean import build_steps, clean
 from pipeline.config import DataConfig
 from pipeline.dedup import MinHasher, earliest_of_groups, exact_hash, first_seen
 from pipeline.documents import DOCS_SCHEMA, REJECTS_SCHEMA
-from pipeline.parallel import parallel_map
+from pipeline.parallel import parallel_map, worker_count
 from pipeline.sources import DataError, Partition, plan, read_partition
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def _quotas(partitions: list[Partition], rows: list[int]) -> list[int]:
 
 def _find_duplicates(parts: list[str], quotas: list[int], cfg: DataConfig) -> dict[int, tuple[str, str]]:
     """order -> (exact_duplicate | near_duplicate, id of the document kept in its place)."""
-    buckets = cfg.num_workers
+    buckets = worker_count(cfg.num_workers)
     tasks = [{"column": "hash", "bucket": b, "buckets": buckets} for b in range(buckets)]
     if cfg.dedup.near:
         tasks += [{"column": f"band_{i}", "bucket": 0, "buckets": 1} for i in range(cfg.dedup.bands)]

@@ -34,15 +34,25 @@ def ensure_ray(address: str | None = None) -> None:
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=quiet)
 
 
+def worker_count(configured: int | None) -> int:
+    """`configured`, or when it is None one worker per CPU the Ray cluster reports (connecting first)."""
+    if configured is not None:
+        return configured
+    import ray
+
+    ensure_ray()
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def parallel_map(
     items: list[dict[str, Any]],
     fn: Callable[[dict[str, Any]], dict[str, Any]] | type,
-    workers: int,
+    workers: int | None,
     desc: str,
     init: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """`fn` applied to every item on Ray Data, at most `workers` at a time; results in item order.
-    Connects to Ray first if this process is not connected yet.
+    """`fn` applied to every item on Ray Data, at most `workers` at a time (None: one per CPU of the
+    cluster); results in item order. Connects to Ray first if this process is not connected yet.
 
     When `fn` is a class, a pool of `workers` actors each builds one `fn(**init)` and calls it per
     item: for state that is costly to load (a tokenizer), loaded once per actor.
@@ -54,7 +64,7 @@ def parallel_map(
         return []
     import ray.data
 
-    ensure_ray()
+    workers = worker_count(workers)
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
