@@ -1,0 +1,154 @@
+"""The data side at corpus size: data, tokenizer and shards stages on 100 MB to 1 GB of text.
+
+    python -m bench.scale [--sizes 100 400] [--workers 1 2] [--merges 40000]
+
+Input: the built-in corpus repeated until it reaches each size, every copy of a document with a
+word in seven replaced (differently in each copy), so that neither exact nor near-dedup simply
+drops the copies. Each size runs: the plain one-process loop that reads, cleans and hashes
+(bench.data's baseline); the data stage (default rules, near-dedup on) with each worker count;
+the tokenizer stage once (it trains in one process); bare `tokenizers` `encode_batch_fast` over the
+kept documents; and the shards stage with each worker count from an empty cache. For every run:
+wall time, MB/s per core, Mtok/s, and the peak RSS of this process (the driver) and of the
+largest Ray worker, sampled every 100 ms. Ray's start-up is excluded (paid once per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+from tokenizers import Tokenizer
+
+from bench.data import baseline
+from pipeline.builtin import builtin_units, read_builtin
+from pipeline.config import DataConfig, ShardsConfig, SourceConfig
+from pipeline.data_stage import run_data
+from pipeline.documents import doc_files, read_texts
+from pipeline.parallel import ensure_ray
+from pipeline.shards import run_shards
+from pipeline.tokenizer_stage import run_tokenizer
+from tokenizer.config import TokenizerConfig
+
+FILE_BYTES = 8_000_000  # one partition per 8 MB file
+ENCODE_BATCH = 2000
+
+
+def write_corpus(root: Path, megabytes: int) -> int:
+    """JSON-lines files of about `megabytes` in all; returns the bytes written."""
+    texts = [d.text for d in read_builtin("builtin", builtin_units()) if d.reason is None and len(d.text) > 500]
+    vocab = sorted({w for t in texts[:200] for w in t.split() if w.isalpha()})
+    written, copy, out = 0, 0, None
+    while written < megabytes * 1e6:
+        rng = random.Random(copy)
+        for text in texts:
+            words = text.split(" ")
+            for i in range(copy % 7, len(words), 7):
+                if copy:
+                    words[i] = rng.choice(vocab)
+            line = json.dumps({"text": " ".join(words)}) + "\n"
+            if out is None or out.tell() > FILE_BYTES:
+                out = open(root / f"part-{written // FILE_BYTES:05d}.jsonl", "w")  # noqa: SIM115
+            out.write(line)
+            written += len(line)
+        copy += 1
+    return written
+
+
+@contextmanager
+def peak_rss() -> Iterator[dict[str, int]]:
+    """Peak RSS of this process and of the largest Ray worker while the block runs."""
+    peaks = {"driver": 0, "worker": 0}
+    stop = threading.Event()
+    me = psutil.Process()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peaks["driver"] = max(peaks["driver"], me.memory_info().rss)
+            for proc in psutil.process_iter(["cmdline", "memory_info"]):
+                if " ".join(proc.info["cmdline"] or []).startswith("ray::") and proc.info["memory_info"]:
+                    peaks["worker"] = max(peaks["worker"], proc.info["memory_info"].rss)
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        stop.set()
+        thread.join()
+
+
+def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, dict[str, int]]:
+    with peak_rss() as peaks:
+        start = time.perf_counter()
+        result = fn(*args)
+        took = time.perf_counter() - start
+    return result, took, peaks
+
+
+def bare_encode(tokenizer: Path, data: Path) -> int:
+    """Tokens (with one end-of-document each) from `encode_batch_fast` over the train split."""
+    bare = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    texts, tokens = read_texts(doc_files(data / "train")), 0
+    while batch := [t for _, t in zip(range(ENCODE_BATCH), texts)]:
+        tokens += sum(len(e.ids) + 1 for e in bare.encode_batch_fast(batch, add_special_tokens=False))
+    return tokens
+
+
+def row(size: str, run: str, took: float, mb: float, cores: int, peaks: dict, vs: float, mtok: float | None) -> str:
+    rate = f"{mtok / took:8.2f}" if mtok else f"{'':>8}"
+    return (f"{size:>7} {run:>16} {took:8.1f} {mb / took / cores:9.2f} {rate} {vs:7.2f} "
+            f"{peaks['driver'] / 2**20:9.0f} {peaks['worker'] / 2**20:9.0f}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 400])
+    parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    parser.add_argument("--merges", type=int, default=40_000)
+    args = parser.parse_args()
+    ensure_ray()
+    print(f"{'input':>7} {'run':>16} {'wall s':>8} {'MB/s/core':>9} {'Mtok/s':>8} {'vs base':>7} "
+          f"{'driver MB':>9} {'worker MB':>9}")  # fmt: skip
+    for megabytes in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_size(Path(tmp), megabytes, args.workers, args.merges)
+
+
+def bench_size(root: Path, megabytes: int, worker_counts: list[int], merges: int) -> None:
+    (root / "in").mkdir()
+    mb = write_corpus(root / "in", megabytes) / 1e6
+    size = f"{mb:.0f} MB"
+    cfg = DataConfig(sources=[SourceConfig(name="bench", paths=[str(root / "in" / "*.jsonl")])], dedup={"near": True})
+    _, base, peaks = timed(baseline, sorted((root / "in").glob("*.jsonl")), cfg)
+    print(row(size, "loop", base, mb, 1, peaks, 1.0, None), flush=True)
+    for workers in worker_counts:
+        data = root / f"data{workers}"
+        summary, took, peaks = timed(run_data, cfg.model_copy(update={"num_workers": workers}), data)
+        print(row(size, f"data x{workers}", took, mb, workers, peaks, base / (took * workers), None), flush=True)
+    _, took, peaks = timed(run_tokenizer, TokenizerConfig(merges=merges), data, root / "tok")
+    print(row(size, f"tokenizer {merges // 1000}k", took, mb, 1, peaks, 1.0, None), flush=True)
+    tokens, base, peaks = timed(bare_encode, root / "tok", data)
+    print(row(size, "encode_batch", base, mb, psutil.cpu_count(), peaks, 1.0, tokens / 1e6), flush=True)
+    for workers in worker_counts:
+        shutil.rmtree(root / "shards", ignore_errors=True)  # the cache lives next to the output: start without it
+        shards = ShardsConfig(num_workers=workers)
+        result, took, peaks = timed(run_shards, shards, data, root / "tok", root / "shards" / "build")
+        assert result["splits"]["train"]["tokens"] == tokens
+        print(row(size, f"shards x{workers}", took, mb, workers, peaks, base / took, tokens / 1e6), flush=True)
+    counts = summary["counts"]
+    print(f"{size:>7} {counts['kept']:,} of {counts['in']:,} documents kept; {tokens:,} train tokens", flush=True)
+
+
+if __name__ == "__main__":
+    main()
