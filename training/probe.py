@@ -8,7 +8,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from training.run import init_process
+from training.run import init_process, leave_process_group
 
 
 def main() -> int:
@@ -23,6 +23,7 @@ def main() -> int:
     dist.barrier()
     if rank == 0:
         print(f"all-reduce across {world} processes ({dist.get_backend()}): ok")
+    leave_process_group()
     return 0
 
 

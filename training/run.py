@@ -121,6 +121,13 @@ def init_process() -> torch.device:
     return device
 
 
+def leave_process_group() -> None:
+    """Leave the group before the interpreter exits: a gloo group still alive at exit can abort the
+    process ("terminate called without an active exception") after its work is done."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _skip_shared_memory_op() -> None:
     """On CPU, DeepSpeed compiles a shared-memory all-reduce op when it joins the group (about 35 s
     on each new machine or environment) and maps a 69 MB /dev/shm buffer per rank that it never
@@ -311,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = TrainJob.model_validate_json(Path(args[0]).read_text())
         train(job)
+        leave_process_group()
     except Preempted:
         return PREEMPTED
     except (OSError, ValueError) as e:  # a bad job, missing shards or checkpoint, impossible batch
