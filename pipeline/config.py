@@ -135,6 +135,9 @@ class DedupConfig(BaseModel):
     """LSH bands; two documents sharing any band's hash are near-duplicates."""
     rows: int = Field(8, gt=0)
     """Hashes per band; bands × rows MinHash permutations in all. Threshold ≈ (1/bands)^(1/rows)."""
+    buckets: int = Field(16, gt=0)
+    """Key buckets, one dedup task each: a task holds 16 B × (1 + bands, when near) per kept document
+    / buckets. Raise it with the corpus (1,024 for a billion documents: about 270 MB a task)."""
 
 
 class DataConfig(BaseModel):

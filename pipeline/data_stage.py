@@ -4,10 +4,11 @@ Three passes, each a Ray Data map over numbered items, so the output is the same
 number of workers:
 
 1. clean: each partition (a file, URL, hub shard) is read, cleaned and hashed into
-   `work/part-NNNNN-<identity>.parquet` (atomic; a rerun after a kill skips the partitions already
-   done, and only those: the name carries the digest of the input the partition read);
-2. index: hash columns are scanned in order to find exact duplicates (bucketed by hash) and
-   near-duplicates (one task per MinHash band); only hashes and ids are held in memory;
+   `work/part-NNNNN-<identity>.parquet` and its keys file (atomic; a rerun after a kill skips the
+   partitions already done, and only those: the name carries the digest of the input it read);
+2. dedup: one task per key bucket writes edge files, one task turns them into `duplicates.npy`, and
+   one task per partition that others duplicate names its documents (pipeline.dedup); the driver
+   holds one number per partition, never one per document;
 3. write: each partition's documents go to `train/`, `val/` or `rejects/` (with the reason).
 
 Every document read is counted once: in = kept + duplicates + rejected, per source and in total.
@@ -23,21 +24,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.clean import build_steps, clean
 from pipeline.config import DataConfig
-from pipeline.dedup import MinHasher, earliest_of_groups, exact_hash, first_seen
+from pipeline.dedup import ROW_BITS, ROW_MASK, KeyWriter, MinHasher, bucket_edges, duplicates_of, exact_hash
 from pipeline.documents import DOCS_SCHEMA, REJECTS_SCHEMA
-from pipeline.parallel import parallel_map, worker_count
+from pipeline.parallel import parallel_map
 from pipeline.sources import DataError, Partition, plan, read_partition
 
 log = logging.getLogger(__name__)
 
 ROWS_PER_GROUP = 1024
 SPLIT_BUCKETS = 1_000_000
-ROW_BITS = 32  # order = partition << ROW_BITS | row
 
 
 def run_data(cfg: DataConfig, out: Path) -> dict[str, Any]:
@@ -53,14 +54,10 @@ def run_data(cfg: DataConfig, out: Path) -> dict[str, Any]:
     if failed:
         raise DataError("\n".join(failed))
     quotas = _quotas(partitions, [r["rows"] for r in cleaned])
-    parts = [str(_part_path(work, p)) for p in partitions]
+    parts = [_part_path(work, p) for p in partitions]
 
-    duplicates = _find_duplicates(parts, quotas, cfg)
-    by_partition: dict[int, list[list[Any]]] = {}
-    for order, (kind, first) in sorted(duplicates.items()):
-        by_partition.setdefault(order >> ROW_BITS, []).append([order, kind, first])
-    items = [{"p": p.index, "quota": quotas[p.index], "dups": json.dumps(by_partition.get(p.index, []))}
-             for p in partitions]  # fmt: skip
+    _find_duplicates(parts, quotas, cfg, work)
+    items = [{"p": p.index, "quota": quotas[p.index]} for p in partitions]
     written = parallel_map(items, _writer(parts, cfg.val_fraction, out), cfg.num_workers, "write")
 
     summary = _summarise(partitions, cleaned, written, cfg)
@@ -70,6 +67,11 @@ def run_data(cfg: DataConfig, out: Path) -> dict[str, Any]:
 
 def _part_path(work: Path, part: Partition) -> Path:
     return work / f"part-{part.index:05d}-{part.identity}.parquet"
+
+
+def _keys_path(part: Path) -> Path:
+    """The keys file (pipeline.dedup) written with a partition's work file."""
+    return part.with_suffix(".keys")
 
 
 # Pass 1: read, clean, hash -----------------------------------------------------------------------
@@ -93,11 +95,11 @@ def _cleaner(partitions: list[Partition], cfg: DataConfig, work: Path):
 def _clean_partition(part: Partition, cfg: DataConfig, path: Path) -> None:
     steps = build_steps(cfg.clean)
     minhash = MinHasher(cfg.dedup) if cfg.dedup.near else None
-    bands = [f"band_{i}" for i in range(cfg.dedup.bands)] if minhash else []
+    keys = KeyWriter(cfg.dedup.buckets)
     schema = pa.schema(
         [("order", pa.int64()), ("id", pa.string()), ("source", pa.string()), ("text", pa.string()),
          ("meta", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("preview", pa.string()),
-         ("hash", pa.uint64()), *[(b, pa.uint64()) for b in bands]]
+         ("hash", pa.uint64())]
     )  # fmt: skip
     stats: Counter = Counter()
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
@@ -107,12 +109,14 @@ def _clean_partition(part: Partition, cfg: DataConfig, path: Path) -> None:
             preview = doc.preview
             doc = clean(doc, steps, stats) if doc.reason is None else doc
             kept = doc.reason is None
+            order, digest = part.index << ROW_BITS | row, exact_hash(doc.text) if kept else 0
+            if kept:
+                keys.add(order, digest, minhash.band_hashes(doc.text) if minhash else [])
             values = {
-                "order": part.index << ROW_BITS | row, "id": doc.id, "source": doc.source,
-                "text": doc.text if kept else "", "meta": doc.meta_json(), "reason": doc.reason,
-                "detail": doc.detail, "preview": preview, "hash": exact_hash(doc.text) if kept else 0,
+                "order": order, "id": doc.id, "source": doc.source, "text": doc.text if kept else "",
+                "meta": doc.meta_json(), "reason": doc.reason, "detail": doc.detail, "preview": preview,
+                "hash": digest,
             }  # fmt: skip
-            values.update(zip(bands, minhash.band_hashes(doc.text) if kept and minhash else [0] * len(bands)))
             for name in schema.names:
                 columns[name].append(values[name])
             if len(columns["order"]) >= ROWS_PER_GROUP:
@@ -121,6 +125,7 @@ def _clean_partition(part: Partition, cfg: DataConfig, path: Path) -> None:
         if columns["order"]:
             writer.write_batch(pa.record_batch(columns, schema=schema))
         writer.add_key_value_metadata({"stats": json.dumps(dict(sorted(stats.items())))})
+    keys.write(_keys_path(path))  # before the work file, whose presence marks the partition done
     os.replace(tmp, path)
 
 
@@ -139,44 +144,88 @@ def _quotas(partitions: list[Partition], rows: list[int]) -> list[int]:
 # Pass 2: duplicates -----------------------------------------------------------------------------
 
 
-def _find_duplicates(parts: list[str], quotas: list[int], cfg: DataConfig) -> dict[int, tuple[str, str]]:
-    """order -> (exact_duplicate | near_duplicate, id of the document kept in its place)."""
-    buckets = worker_count(cfg.num_workers)
-    tasks = [{"column": "hash", "bucket": b, "buckets": buckets} for b in range(buckets)]
-    if cfg.dedup.near:
-        tasks += [{"column": f"band_{i}", "bucket": 0, "buckets": 1} for i in range(cfg.dedup.bands)]
+def _find_duplicates(parts: list[Path], quotas: list[int], cfg: DataConfig, work: Path) -> list[int]:
+    """Write `work/duplicates.npy` (DUPLICATE rows by order) and `work/names/` (the id of every
+    document another duplicates); returns the partitions whose documents are duplicated.
+
+    Buckets of keys become edges in parallel; one task (not the driver) turns all edges into
+    duplicates; one task per partition that holds a first document names its firsts."""
+    keys = [str(_keys_path(p)) for p in parts]
+    buckets, edges = cfg.dedup.buckets, work / "edges"
+    edges.mkdir(exist_ok=True)
+    per_bucket = sum(os.path.getsize(k) for k in keys) / buckets
 
     def index(task: dict[str, Any]) -> dict[str, Any]:
-        hits = first_seen(parts, task["column"], quotas, task["bucket"], task["buckets"], ROW_BITS)
-        return {"column": task["column"], "hits": json.dumps(hits)}
+        return bucket_edges(keys, quotas, task["bucket"], buckets, edges)
 
-    results = parallel_map(tasks, index, cfg.num_workers, "dedup")
-    exact = [tuple(h) for r in results if r["column"] == "hash" for h in json.loads(r["hits"])]
-    near = [tuple(h) for r in results if r["column"] != "hash" for h in json.loads(r["hits"])]
-    found = {order: ("near_duplicate", first) for order, first in earliest_of_groups(near).items()}
-    found.update({order: ("exact_duplicate", first_id) for order, _, _, first_id in exact})
-    return found
+    parallel_map([{"bucket": b} for b in range(buckets)], index, cfg.num_workers, "dedup",
+                 memory=_task_memory(3 * per_bucket))  # fmt: skip
+
+    def group(_: dict[str, Any]) -> dict[str, Any]:
+        table = duplicates_of(edges, buckets)
+        np.save(work / "duplicates.npy", table)
+        firsts = np.unique(table["first"])
+        np.save(work / "firsts.npy", firsts)
+        return {"partitions": json.dumps(np.unique(firsts >> ROW_BITS).tolist())}
+
+    edge_bytes = sum(f.stat().st_size for f in edges.iterdir())
+    holding = json.loads(parallel_map([{}], group, 1, "group", memory=_task_memory(4 * edge_bytes))[0]["partitions"])
+    names = work / "names"
+    names.mkdir(exist_ok=True)
+
+    def name(task: dict[str, Any]) -> dict[str, Any]:
+        return {"named": _name_firsts(parts[task["p"]], task["p"], work / "firsts.npy", names)}
+
+    parallel_map([{"p": p} for p in holding], name, cfg.num_workers, "name")
+    return holding
+
+
+def _task_memory(estimate: float) -> int:
+    """What a task asks Ray to reserve: its estimate, and never less than 256 MB (Python and Arrow)."""
+    return int(max(estimate, 256 * 2**20))
+
+
+def _slice(sorted_orders: np.ndarray, partition: int) -> slice:
+    """The rows of `sorted_orders` that belong to `partition`."""
+    lo, hi = np.searchsorted(sorted_orders, [partition << ROW_BITS, (partition + 1) << ROW_BITS])
+    return slice(int(lo), int(hi))
+
+
+def _name_firsts(part: Path, partition: int, firsts: Path, names: Path) -> int:
+    """Write `names/part-NNNNN.parquet`: (order, id) of this partition's documents that others duplicate."""
+    orders = np.load(firsts, mmap_mode="r")
+    mine = np.asarray(orders[_slice(orders, partition)])
+    ids = pq.read_table(part, columns=["id"]).column("id").take(pa.array(mine & ROW_MASK))
+    pq.write_table(pa.table({"order": mine, "id": ids}), names / f"part-{partition:05d}.parquet")
+    return len(mine)
+
+
+def _duplicates_in(partition: int, work: Path) -> dict[int, tuple[str, str]]:
+    """order -> (exact_duplicate | near_duplicate, id of the document kept in its place), for the
+    duplicates in one partition; reads only its slice of `duplicates.npy` and the names it needs."""
+    table = np.load(work / "duplicates.npy", mmap_mode="r")
+    mine = np.asarray(table[_slice(table["later"], partition)])
+    ids: dict[int, str] = {}
+    for holder in np.unique(mine["first"] >> ROW_BITS).tolist():
+        named = pq.read_table(work / "names" / f"part-{holder:05d}.parquet")
+        ids.update(zip(named.column("order").to_pylist(), named.column("id").to_pylist()))
+    return {later: ("near_duplicate" if near else "exact_duplicate", ids[first])
+            for later, first, near in mine.tolist()}  # fmt: skip
 
 
 # Pass 3: write train / val / rejects -------------------------------------------------------------
 
 
-def _writer(parts: list[str], val_fraction: float, out: Path):
+def _writer(parts: list[Path], val_fraction: float, out: Path):
     def run(item: dict[str, Any]) -> dict[str, Any]:
-        counts = _write_partition(
-            parts[item["p"]],
-            item["p"],
-            item["quota"],
-            dict((order, (kind, first)) for order, kind, first in json.loads(item["dups"])),
-            val_fraction,
-            out,
-        )
+        dups = _duplicates_in(item["p"], out / "work")
+        counts = _write_partition(parts[item["p"]], item["p"], item["quota"], dups, val_fraction, out)
         return {"counts": json.dumps(counts)}
 
     return run
 
 
-def _write_partition(part: str, index: int, quota: int, dups: dict[int, tuple[str, str]], val_fraction: float,
+def _write_partition(part: Path, index: int, quota: int, dups: dict[int, tuple[str, str]], val_fraction: float,
                      out: Path) -> dict[str, Any]:  # fmt: skip
     """Stream one partition's rows into its train, val and rejects files, a row group at a time."""
     counts: Counter = Counter()
@@ -185,7 +234,7 @@ def _write_partition(part: str, index: int, quota: int, dups: dict[int, tuple[st
                "rejects": _Output(out / "rejects" / name, REJECTS_SCHEMA)}  # fmt: skip
     for batch in pq.ParquetFile(part).iter_batches(batch_size=ROWS_PER_GROUP):
         for row in batch.to_pylist():
-            if row["order"] & ((1 << ROW_BITS) - 1) >= quota:
+            if row["order"] & ROW_MASK >= quota:
                 break
             counts["in"] += 1
             if row["reason"] is not None:

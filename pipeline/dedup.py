@@ -1,17 +1,28 @@
 """Deduplication: an exact hash of normalised text, and MinHash LSH bands for near-duplicates.
 
-Hashes are computed where documents are cleaned. Finding collisions then only needs the hash
-columns: each index task reads one column (or one bucket of it) from every partition in order and
-keeps the first document of each hash, so memory is the hash index, never the text.
+No step holds more than one bucket of keys, and nothing per document reaches the driver:
+
+1. where a partition is cleaned, `KeyWriter` writes every kept document's keys (its exact hash and
+   its band hashes, each with the document's order) into the partition's keys file, grouped by
+   bucket (key % buckets);
+2. one task per bucket (`bucket_edges`) reads that bucket's slice of every keys file, sorts it with
+   numpy, and writes an edge from each later document to the first document with the same key;
+3. one task (`duplicates_of`) maps each exact duplicate to its first, joins the other documents'
+   near edges into connected components on int64 arrays, and maps every member of a component to
+   its earliest.
+
+An order is `partition << ROW_BITS | row`, so "first" and "earliest" are the same whatever the
+number of workers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import xxhash
 
 from pipeline.config import DedupConfig
@@ -20,6 +31,13 @@ WORD = re.compile(r"\w+")
 MERSENNE = np.uint64((1 << 61) - 1)
 MAX_HASH = np.uint64((1 << 32) - 1)
 SHINGLE_CHUNK = 4096
+ROW_BITS = 32
+ROW_MASK = (1 << ROW_BITS) - 1
+
+KEY = np.dtype([("key", "<u8"), ("order", "<i8")])
+EDGE = np.dtype([("later", "<i8"), ("first", "<i8")])
+DUPLICATE = np.dtype([("later", "<i8"), ("first", "<i8"), ("near", "?")])
+KINDS = ("exact", "near")
 
 
 def exact_hash(text: str) -> int:
@@ -50,48 +68,147 @@ class MinHasher:
         return [xxhash.xxh64_intdigest(rows[i].tobytes(), seed=i) for i in range(self.bands)]
 
 
-Hit = tuple[int, str, int, str]  # (order, id) of a later document, then of the first with its hash
+# 1. Keys files -------------------------------------------------------------------------------------
+#
+# A keys file is 2 × buckets + 1 little-endian int64 offsets, then KEY records: bucket b's exact keys
+# are records offsets[2b] to offsets[2b + 1], its near keys offsets[2b + 1] to offsets[2b + 2].
 
 
-def first_seen(parts: list[str], column: str, quotas: list[int], bucket: int, buckets: int, row_bits: int) -> list[Hit]:
-    """Every kept document whose hash in `column` was seen before, with the first one seen.
+class KeyWriter:
+    """One partition's keys, gathered as its documents are cleaned (16 B per key) and written once,
+    grouped by bucket, so that each bucket task reads one contiguous slice of the file."""
 
-    Partitions are read in order, so "first" is the same whatever the number of workers; rows past
-    a partition's quota (its source's limit) are not read. Only hashes in `bucket` of `buckets` are
-    indexed, so several tasks can split one column between them.
-    """
-    index: dict[int, tuple[int, str]] = {}
-    hits: list[Hit] = []
-    row_mask = (1 << row_bits) - 1
-    for path, quota in zip(parts, quotas):
-        table = pq.read_table(path, columns=["order", "id", "reason", column])
-        orders, ids, reasons, hashes = (table.column(i).to_pylist() for i in range(4))
-        for order, doc_id, reason, value in zip(orders, ids, reasons, hashes):
-            if order & row_mask >= quota:
-                break
-            if reason is not None or value % buckets != bucket:
-                continue
-            first = index.setdefault(value, (order, doc_id))
-            if first[0] != order:
-                hits.append((order, doc_id, *first))
-    return hits
+    def __init__(self, buckets: int):
+        self.buckets = buckets
+        self.pending: tuple[list[int], list[int], list[list[int]]] = ([], [], [])
+        self.chunks: dict[str, list[np.ndarray]] = {kind: [] for kind in KINDS}
+
+    def add(self, order: int, exact: int, bands: list[int]) -> None:
+        orders, hashes, band_rows = self.pending
+        orders.append(order)
+        hashes.append(exact)
+        band_rows.append(bands)
+        if len(orders) >= SHINGLE_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        orders, hashes, band_rows = self.pending
+        if orders:
+            order = np.array(orders, np.int64)
+            self.chunks["exact"].append(_keys(np.array(hashes, np.uint64), order))
+            bands = np.array(band_rows, np.uint64).reshape(len(orders), -1)
+            self.chunks["near"].append(_keys(bands.ravel(), np.repeat(order, bands.shape[1])))
+        self.pending = ([], [], [])
+
+    def write(self, path: Path) -> None:
+        """Write the keys file atomically (a temp file renamed into place)."""
+        self._flush()
+        records = [np.concatenate(self.chunks[kind]) if self.chunks[kind] else np.empty(0, KEY) for kind in KINDS]
+        segment = np.concatenate([(r["key"] % np.uint64(self.buckets)).astype(np.int64) * 2 + i
+                                  for i, r in enumerate(records)])  # fmt: skip
+        ordered = np.concatenate(records)[np.argsort(segment, kind="stable")]
+        offsets = np.zeros(2 * self.buckets + 1, "<i8")
+        np.cumsum(np.bincount(segment, minlength=2 * self.buckets), out=offsets[1:])
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            offsets.tofile(f)
+            ordered.tofile(f)
+        os.replace(tmp, path)
 
 
-def earliest_of_groups(hits: list[Hit]) -> dict[int, str]:
-    """Join documents linked by any shared hash into groups; map every member but the earliest
-    (by order) to the earliest's id."""
-    parent: dict[int, int] = {}
-    ids: dict[int, str] = {}
+def _keys(keys: np.ndarray, orders: np.ndarray) -> np.ndarray:
+    out = np.empty(len(keys), KEY)
+    out["key"], out["order"] = keys, orders
+    return out
 
-    def root(x: int) -> int:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
 
-    for later, later_id, first, first_id in hits:
-        ids[later], ids[first] = later_id, first_id
-        a, b = root(later), root(first)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return {doc: ids[root(doc)] for doc in parent if root(doc) != doc}
+def read_bucket(path: str | Path, bucket: int, buckets: int, quota: int) -> dict[str, np.ndarray]:
+    """Bucket `bucket`'s exact and near keys from one keys file, without rows at or past `quota`."""
+    with open(path, "rb") as f:
+        offsets = np.fromfile(f, "<i8", 2 * buckets + 1)
+        start, middle, end = (int(x) for x in offsets[2 * bucket : 2 * bucket + 3])
+        f.seek(offsets.nbytes + start * KEY.itemsize)
+        rows = np.fromfile(f, KEY, end - start)
+    split = {"exact": rows[: middle - start], "near": rows[middle - start :]}
+    return {kind: r[(r["order"] & ROW_MASK) < quota] for kind, r in split.items()}
+
+
+# 2. Edges, one task per bucket ----------------------------------------------------------------------
+
+
+def first_of_key(keys: np.ndarray) -> np.ndarray:
+    """An edge from every document to the first (lowest order) document with the same key."""
+    keys = keys[np.lexsort((keys["order"], keys["key"]))]
+    starts = np.ones(len(keys), bool)
+    starts[1:] = keys["key"][1:] != keys["key"][:-1]
+    first = keys["order"][np.maximum.accumulate(np.where(starts, np.arange(len(keys)), 0))]
+    later = ~starts & (keys["order"] != first)
+    edges = np.empty(int(later.sum()), EDGE)
+    edges["later"], edges["first"] = keys["order"][later], first[later]
+    return edges
+
+
+def bucket_edges(keys_files: list[str], quotas: list[int], bucket: int, buckets: int, out: Path) -> dict[str, int]:
+    """Write `out/{exact,near}-BBBBB.npy`, the edges among bucket `bucket`'s keys of every partition."""
+    read = [read_bucket(path, bucket, buckets, quota) for path, quota in zip(keys_files, quotas)]
+    counts = {}
+    for kind in KINDS:
+        edges = first_of_key(np.concatenate([r[kind] for r in read]) if read else np.empty(0, KEY))
+        _save(out / f"{kind}-{bucket:05d}.npy", edges)
+        counts[kind] = len(edges)
+    return counts
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+# 3. Duplicates, one task --------------------------------------------------------------------------
+
+
+def duplicates_of(edges: Path, buckets: int) -> np.ndarray:
+    """DUPLICATE rows, sorted by `later`, from the edge files in `edges`: every exact duplicate with
+    the first document of its text, then every other document linked by near edges with the
+    earliest of its component. An exact duplicate has all its first's band hashes, so its own near
+    edges add nothing and are dropped as each file is read."""
+    exact = np.concatenate([np.load(edges / f"exact-{b:05d}.npy") for b in range(buckets)])
+    exact = exact[np.argsort(exact["later"])]
+    near = []
+    for b in range(buckets):
+        part = np.load(edges / f"near-{b:05d}.npy")
+        near.append(np.unique(part[~_sorted_isin(part["later"], exact["later"])]))
+    members, earliest = earliest_in_components(np.concatenate(near) if near else np.empty(0, EDGE))
+    out = np.empty(len(exact) + len(members), DUPLICATE)
+    out["later"] = np.concatenate([exact["later"], members])
+    out["first"] = np.concatenate([exact["first"], earliest])
+    out["near"] = np.arange(len(out)) >= len(exact)
+    return out[np.argsort(out["later"], kind="stable")]
+
+
+def _sorted_isin(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    at = np.searchsorted(sorted_set, values).clip(max=max(len(sorted_set) - 1, 0))
+    return sorted_set[at] == values if len(sorted_set) else np.zeros(len(values), bool)
+
+
+def earliest_in_components(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(member, earliest) for every node of the graph that is not the earliest of its connected
+    component. Labels start as each node's own rank and take the lowest label across every edge,
+    then follow labels to their end, until nothing changes: a few rounds for LSH's star-shaped
+    groups. Memory: the edges and three int64 arrays per node."""
+    nodes, ends = np.unique(np.stack([edges["later"], edges["first"]]), return_inverse=True)
+    u, v = ends.reshape(2, -1)
+    label = np.arange(len(nodes))
+    while True:
+        lowest = np.minimum(label[u], label[v])
+        new = label.copy()
+        np.minimum.at(new, u, lowest)
+        np.minimum.at(new, v, lowest)
+        while not np.array_equal(new[new], new):
+            new = new[new]
+        if np.array_equal(new, label):
+            break
+        label = new
+    members = label != np.arange(len(nodes))
+    return nodes[members], nodes[label[members]]

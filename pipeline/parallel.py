@@ -50,12 +50,14 @@ def parallel_map(
     workers: int | None,
     desc: str,
     init: dict[str, Any] | None = None,
+    memory: int | None = None,
 ) -> list[dict[str, Any]]:
     """`fn` applied to every item on Ray Data, at most `workers` at a time (None: one per CPU of the
     cluster); results in item order. Connects to Ray first if this process is not connected yet.
 
     When `fn` is a class, a pool of `workers` actors each builds one `fn(**init)` and calls it per
-    item: for state that is costly to load (a tokenizer), loaded once per actor.
+    item: for state that is costly to load (a tokenizer), loaded once per actor. `memory` (bytes) is
+    what Ray reserves for each task, so that memory-heavy steps are not packed onto one node.
 
     Items and results are rows of plain values (Arrow types). Each item is its own block, so one
     slow item never holds back the others.
@@ -71,13 +73,15 @@ def parallel_map(
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     rows = [{"item": i, **item} for i, item in enumerate(items)]
+    reserve = {"memory": memory} if memory else {}
 
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     if isinstance(fn, type):
         pool = ray.data.ActorPoolStrategy(size=min(workers, len(rows)))
-        dataset = dataset.map(_actor_class(fn, init or {}), compute=pool, num_cpus=1)
+        dataset = dataset.map(_actor_class(fn, init or {}), compute=pool, num_cpus=1, **reserve)
     else:
-        dataset = dataset.map(_numbered(fn), compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1)
+        dataset = dataset.map(_numbered(fn), compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1,
+                              **reserve)  # fmt: skip
     results = list(tracked(dataset.iter_rows(), len(rows), desc))
     return sorted(results, key=lambda r: r["item"])
 

@@ -1,20 +1,27 @@
-"""Deduplication: the exact hash, MinHash LSH bands, and the ordered index over hash columns."""
+"""Deduplication: the exact hash, MinHash LSH bands, keys files, bucket edges and components."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import numpy as np
 import pytest
 
 from pipeline.config import DedupConfig
-from pipeline.dedup import MinHasher, earliest_of_groups, exact_hash, first_seen
-
-ROW_BITS = 32
-SCHEMA = pa.schema([("order", pa.int64()), ("id", pa.string()), ("reason", pa.string()), ("hash", pa.uint64())])
-
+from pipeline.dedup import (
+    EDGE,
+    KEY,
+    ROW_BITS,
+    KeyWriter,
+    MinHasher,
+    bucket_edges,
+    duplicates_of,
+    earliest_in_components,
+    exact_hash,
+    first_of_key,
+    read_bucket,
+)
 
 # Exact hash -------------------------------------------------------------------------------------------
 
@@ -79,22 +86,7 @@ def test_band_hashes_of_short_and_empty_texts_do_not_fail():
     assert hasher.band_hashes("two words") != hasher.band_hashes("other words")
 
 
-# first_seen ------------------------------------------------------------------------------------------
-
-
-def write_part(path: Path, partition: int, rows: list[tuple[str, str | None, int]]) -> str:
-    """One partition's hash file: (id, reason, hash) per row, in order."""
-    table = pa.table(
-        {
-            "order": [partition << ROW_BITS | row for row in range(len(rows))],
-            "id": [r[0] for r in rows],
-            "reason": [r[1] for r in rows],
-            "hash": [r[2] for r in rows],
-        },
-        schema=SCHEMA,
-    )
-    pq.write_table(table, path)
-    return str(path)
+# Keys files and bucket edges --------------------------------------------------------------------
 
 
 def order(partition: int, row: int) -> int:
@@ -104,108 +96,125 @@ def order(partition: int, row: int) -> int:
 BIG = (1 << 64) - 5  # a hash above the signed 64-bit range
 
 
+def write_keys(path: Path, partition: int, hashes: list[int], buckets: int, bands: int = 0) -> str:
+    """One partition's keys file: row r has exact hash hashes[r] and bands r * 10 + b (unique)."""
+    writer = KeyWriter(buckets)
+    for row, value in enumerate(hashes):
+        writer.add(order(partition, row), value, [order(partition, row) * 10 + b for b in range(bands)])
+    writer.write(path)
+    return str(path)
+
+
+@pytest.fixture(params=[1, 2, 3, 7])
+def buckets(request) -> int:
+    return request.param
+
+
 @pytest.fixture
-def parts(tmp_path) -> list[str]:
+def keys(tmp_path, buckets) -> list[str]:
     return [
-        write_part(
-            tmp_path / "p0.parquet",
-            0,
-            [("a", None, 11), ("b", None, BIG), ("c", "too_short", 11), ("d", None, 11), ("e", None, 33)],
-        ),
-        write_part(tmp_path / "p1.parquet", 1, [("f", None, BIG), ("g", None, 44), ("h", None, 11), ("i", None, 33)]),
-        write_part(tmp_path / "p2.parquet", 2, [("j", "malformed_json", 44), ("k", None, 44)]),
+        write_keys(tmp_path / "p0.keys", 0, [11, BIG, 11, 33], buckets),
+        write_keys(tmp_path / "p1.keys", 1, [BIG, 44, 11, 33], buckets),
+        write_keys(tmp_path / "p2.keys", 2, [44], buckets),
     ]
 
 
-def test_first_seen_pairs_each_later_document_with_the_first_of_its_hash(parts):
-    hits = first_seen(parts, "hash", [5, 4, 2], 0, 1, ROW_BITS)
-    assert hits == [
-        (order(0, 3), "d", order(0, 0), "a"),
-        (order(1, 0), "f", order(0, 1), "b"),
-        (order(1, 2), "h", order(0, 0), "a"),
-        (order(1, 3), "i", order(0, 4), "e"),
-        (order(2, 1), "k", order(1, 1), "g"),
+def edges(keys: list[str], quotas: list[int], buckets: int, tmp_path: Path, kind: str = "exact") -> list[tuple]:
+    out = tmp_path / "edges"
+    out.mkdir(parents=True, exist_ok=True)
+    for b in range(buckets):
+        bucket_edges(keys, quotas, b, buckets, out)
+    return sorted(e for b in range(buckets) for e in np.load(out / f"{kind}-{b:05d}.npy").tolist())
+
+
+def test_each_later_document_gets_an_edge_to_the_first_with_its_hash_whatever_the_buckets(keys, buckets, tmp_path):
+    assert edges(keys, [4, 4, 1], buckets, tmp_path) == [
+        (order(0, 2), order(0, 0)),
+        (order(1, 0), order(0, 1)),
+        (order(1, 2), order(0, 0)),
+        (order(1, 3), order(0, 3)),
+        (order(2, 0), order(1, 1)),
     ]
 
 
-def test_first_seen_skips_rejected_rows_even_when_they_come_first(tmp_path):
-    first = write_part(tmp_path / "r.parquet", 0, [("x", "too_short", 7), ("y", None, 7), ("z", None, 7)])
-    assert first_seen([first], "hash", [3], 0, 1, ROW_BITS) == [(order(0, 2), "z", order(0, 1), "y")]
+def test_rows_past_a_partition_quota_are_not_read(keys, buckets, tmp_path):
+    # p0 keeps rows 0-1, p1 rows 0-2, p2 nothing
+    assert edges(keys, [2, 3, 0], buckets, tmp_path) == [(order(1, 0), order(0, 1)), (order(1, 2), order(0, 0))]
 
 
-def test_first_seen_does_not_read_rows_past_a_partition_quota(parts):
-    hits = first_seen(parts, "hash", [2, 3, 0], 0, 1, ROW_BITS)
-    # p0 keeps a, b; p1 keeps f, g, h; p2 nothing: d, i and k are never indexed
-    assert hits == [(order(1, 0), "f", order(0, 1), "b"), (order(1, 2), "h", order(0, 0), "a")]
+def test_each_bucket_reads_only_its_own_keys(tmp_path):
+    path = write_keys(tmp_path / "p.keys", 0, [8, 9, 10, 12], buckets=4, bands=2)
+    for b in range(4):
+        read = read_bucket(path, b, 4, quota=10)
+        assert all(k % 4 == b for k in read["exact"]["key"].tolist() + read["near"]["key"].tolist())
+    everything = [read_bucket(path, b, 4, 10) for b in range(4)]
+    assert sorted(k for r in everything for k in r["exact"]["key"].tolist()) == [8, 9, 10, 12]
+    assert len([k for r in everything for k in r["near"]["key"].tolist()]) == 8
 
 
-def test_first_seen_quota_past_the_end_reads_everything(parts):
-    assert first_seen(parts, "hash", [100, 100, 100], 0, 1, ROW_BITS) == first_seen(
-        parts, "hash", [5, 4, 2], 0, 1, ROW_BITS
-    )
-
-
-@pytest.mark.parametrize("buckets", [2, 3, 7])
-def test_buckets_split_the_work_and_their_union_is_the_single_bucket_result(parts, buckets):
-    whole = first_seen(parts, "hash", [5, 4, 2], 0, 1, ROW_BITS)
-    split = [hit for b in range(buckets) for hit in first_seen(parts, "hash", [5, 4, 2], b, buckets, ROW_BITS)]
-    assert sorted(split) == sorted(whole) and len(split) == len(whole)
-
-
-def test_buckets_agree_with_one_bucket_on_many_random_hashes(tmp_path):
+def test_many_random_hashes_give_the_same_edges_in_any_number_of_buckets(tmp_path):
     rng = random.Random(5)
     pool = [rng.getrandbits(64) for _ in range(40)]
-    files, quotas = [], []
-    for p in range(4):
-        rows = [(f"p{p}r{r}", rng.choice([None, None, None, "too_short"]), rng.choice(pool)) for r in range(60)]
-        files.append(write_part(tmp_path / f"p{p}.parquet", p, rows))
-        quotas.append(rng.randint(30, 60))
-    whole = first_seen(files, "hash", quotas, 0, 1, ROW_BITS)
-    assert len(whole) > 50
-    for buckets in (2, 4, 5):
-        split = [h for b in range(buckets) for h in first_seen(files, "hash", quotas, b, buckets, ROW_BITS)]
-        assert sorted(split) == sorted(whole)
-    # every hit points at an earlier kept document
-    assert all(first < later for later, _, first, _ in whole)
+    hashes = [[rng.choice(pool) for _ in range(60)] for _ in range(4)]
+    quotas = [rng.randint(30, 60) for _ in range(4)]
+    results = []
+    for buckets in (1, 4, 5):
+        keys = [write_keys(tmp_path / f"{buckets}-{p}.keys", p, h, buckets) for p, h in enumerate(hashes)]
+        results.append(edges(keys, quotas, buckets, tmp_path / str(buckets)))
+    assert results[0] == results[1] == results[2] and len(results[0]) > 50
+    assert all(first < later for later, first in results[0])  # always an earlier document
 
 
-def test_first_seen_reads_any_named_hash_column(tmp_path):
-    path = tmp_path / "bands.parquet"
-    pq.write_table(
-        pa.table(
-            {
-                "order": pa.array([0, 1], pa.int64()),
-                "id": ["a", "b"],
-                "reason": pa.array([None, None], pa.string()),
-                "band_3": pa.array([9, 9], pa.uint64()),
-            }
-        ),
-        path,
-    )
-    assert first_seen([str(path)], "band_3", [2], 0, 1, ROW_BITS) == [(1, "b", 0, "a")]
+def test_first_of_key_never_links_a_document_to_itself():
+    rows = np.array([(7, 3), (7, 3), (7, 9)], KEY)
+    assert first_of_key(rows).tolist() == [(9, 3)]
 
 
-# earliest_of_groups -------------------------------------------------------------------------------------
+# Duplicates --------------------------------------------------------------------------------------
 
 
-def test_earliest_of_groups_maps_every_member_of_a_chain_to_the_earliest():
-    # a-b share one band, b-c another: a, b and c are one group led by a
-    hits = [(2, "b", 1, "a"), (3, "c", 2, "b")]
-    assert earliest_of_groups(hits) == {2: "a", 3: "a"}
+def components(pairs: list[tuple[int, int]]) -> dict[int, int]:
+    members, earliest = earliest_in_components(np.array(pairs, EDGE))
+    return dict(zip(members.tolist(), earliest.tolist()))
 
 
-def test_earliest_of_groups_does_not_depend_on_the_order_of_hits():
-    hits = [(3, "c", 2, "b"), (2, "b", 1, "a"), (9, "z", 8, "y"), (5, "e", 3, "c")]
-    expected = {2: "a", 3: "a", 5: "a", 9: "y"}
-    assert earliest_of_groups(hits) == expected
-    assert earliest_of_groups(list(reversed(hits))) == expected
+def test_every_member_of_a_chain_maps_to_the_earliest():
+    # 1-2 share one band, 2-3 another: 1, 2 and 3 are one component led by 1
+    assert components([(2, 1), (3, 2)]) == {2: 1, 3: 1}
 
 
-def test_earliest_of_groups_joins_groups_found_through_different_columns():
-    # band 0: c ~ a; band 1: d ~ b; band 2: d ~ c  ->  all four are one group led by a
-    hits = [(3, "c", 1, "a"), (4, "d", 2, "b"), (4, "d", 3, "c")]
-    assert earliest_of_groups(hits) == {2: "a", 3: "a", 4: "a"}
+def test_components_do_not_depend_on_the_order_of_edges():
+    pairs = [(3, 2), (2, 1), (9, 8), (5, 3)]
+    assert components(pairs) == components(pairs[::-1]) == {2: 1, 3: 1, 5: 1, 9: 8}
 
 
-def test_earliest_of_groups_of_nothing_is_empty():
-    assert earliest_of_groups([]) == {}
+def test_components_join_groups_found_through_different_bands():
+    # band 0: 3 ~ 1; band 1: 4 ~ 2; band 2: 4 ~ 3  ->  all four are one component led by 1
+    assert components([(3, 1), (4, 2), (4, 3)]) == {2: 1, 3: 1, 4: 1}
+
+
+def test_a_long_zigzag_path_is_one_component():
+    nodes = random.Random(1).sample(range(10_000), 500)
+    found = components(list(zip(nodes[1:], nodes[:-1])))
+    assert set(found) == set(nodes) - {min(nodes)} and set(found.values()) == {min(nodes)}
+
+
+def test_components_of_nothing_are_empty():
+    assert components([]) == {}
+
+
+def save_edges(folder: Path, exact: list[tuple[int, int]], near: list[list[tuple[int, int]]]) -> Path:
+    folder.mkdir()
+    np.save(folder / "exact-00000.npy", np.array(exact, EDGE))
+    np.save(folder / "exact-00001.npy", np.array([], EDGE))
+    for b, pairs in enumerate(near):
+        np.save(folder / f"near-{b:05d}.npy", np.array(pairs, EDGE))
+    return folder
+
+
+def test_exact_duplicates_point_at_their_first_and_near_ones_at_their_earliest(tmp_path):
+    # 5 is an exact copy of 2, so its near edges (to 2, in both bands) are dropped; 2 and 4 are near
+    # copies of 1, and 8 of 4
+    folder = save_edges(tmp_path / "e", exact=[(5, 2)], near=[[(5, 2), (2, 1), (8, 4)], [(5, 2), (4, 1), (4, 1)]])
+    table = duplicates_of(folder, buckets=2)
+    assert table.tolist() == [(2, 1, True), (4, 1, True), (5, 2, False), (8, 1, True)]
