@@ -18,7 +18,7 @@ from pipeline.documents import doc_files, read_texts
 from pipeline.shard_format import HEADER_BYTES, MAGIC, VERSION, ShardFormatError, read_header
 from tests.conftest import GPT1, build_shards, built
 from tokenizer.bpe import BPETokenizer
-from training.data import Sampler, TokenWindows
+from training.data import Sampler, TokenWindows, permuted
 
 
 def expected_stream(manifest: dict, split: str) -> np.ndarray:
@@ -228,6 +228,22 @@ def test_sampler_resumes_mid_epoch_with_the_next_batch_on_any_world_size(before,
         s.load_state_dict(state)
     rest = [sorted(i for s in resumed for i in s.next_batch()) for _ in range(12 - steps)]
     assert done + rest == expected
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 64, 1000, 4097])
+def test_permuted_is_a_permutation_that_depends_on_the_seed(n):
+    order = permuted(np.arange(n), n, (7, 0)).tolist()
+    assert sorted(order) == list(range(n))
+    if n > 3:
+        assert order != list(range(n)) and order != permuted(np.arange(n), n, (7, 1)).tolist()
+
+
+def test_sampler_holds_nothing_per_window():
+    """500M windows is 250B tokens of 512-token windows: a batch is computed, not looked up."""
+    s = Sampler(500_000_000, 512, 3, rank=3, world_size=8)
+    batch = s.next_batch()
+    assert len(set(batch)) == 64 and all(0 <= i < 500_000_000 for i in batch)
+    assert not any(isinstance(v, np.ndarray) for v in vars(s).values())
 
 
 def test_sampler_refuses_a_state_from_other_data_or_batch():
