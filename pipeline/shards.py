@@ -13,10 +13,14 @@
 
 from __future__ import annotations
 
+import bisect
+import fcntl
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,7 @@ from tokenizer.bpe import BPETokenizer
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
+STREAMS = "streams.json"  # in each build folder: the cached streams it was packed from
 COPY_TOKENS = 1 << 24  # tokens copied per write while packing: bounds memory, whatever the shard size
 
 
@@ -54,14 +59,22 @@ def run_shards(cfg: ShardsConfig, data_dir: Path, tokenizer_dir: Path, out: Path
     data_files = {f["path"]: f["sha256"] for f in (read_manifest(data_dir) or {}).get("files", [])}
     cache = out.parent / "cache"
     cache.mkdir(parents=True, exist_ok=True)
+    with _cache_lock(cache) as clean_cache:
+        summary = _build(cfg, data_dir, tokenizer_dir, out, cache, tok, tok_sha, data_files)
+        write_json_atomic(out / STREAMS, sorted(Path(f).name for f in summary.pop("streams")))
+        clean_cache()
+    return summary
 
+
+def _build(cfg: ShardsConfig, data_dir: Path, tokenizer_dir: Path, out: Path, cache: Path, tok: BPETokenizer,
+           tok_sha: str, data_files: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     streams: dict[str, list[Path]] = {}
     todo = []
     for split in SPLITS:
         streams[split] = []
         for doc_file in doc_files(data_dir / split):
             digest = data_files.get(f"{split}/{doc_file.name}") or sha256_file(doc_file)
-            stream = cache / f"{hashlib.sha256(f'{digest}:{tok_sha}'.encode()).hexdigest()[:32]}.bin"
+            stream = cache / f"{hashlib.sha256(f'{digest}:{tok_sha}:{VERSION}'.encode()).hexdigest()[:32]}.bin"
             streams[split].append(stream)
             if not stream.exists():
                 todo.append({"doc_file": str(doc_file), "stream": str(stream)})
@@ -74,7 +87,11 @@ def run_shards(cfg: ShardsConfig, data_dir: Path, tokenizer_dir: Path, out: Path
     if failed:
         raise StageError("\n".join(failed))
 
-    splits = {split: _pack(files, out / split, cfg.shard_tokens, tok) for split, files in streams.items()}
+    layout = {split: _layout(files, out / split, cfg.shard_tokens) for split, files in streams.items()}
+    items = [item for split in SPLITS for item in layout[split]]
+    packed = iter(parallel_map(items, _shard_writer(tok.vocab_size, tok.specials.eod), cfg.num_workers,
+                               "shards: pack"))  # fmt: skip
+    splits = {split: _listing(out / split, [next(packed) for _ in layout[split]]) for split in SPLITS}
     index = {
         "format": VERSION,
         "seq_len": cfg.seq_len,
@@ -88,7 +105,8 @@ def run_shards(cfg: ShardsConfig, data_dir: Path, tokenizer_dir: Path, out: Path
     totals = {s: {k: v for k, v in info.items() if k != "shards"} for s, info in splits.items()}
     log.info("shards: %s", ", ".join(f"{s} {t['tokens']:,} tokens in {t['files']} shards" for s, t in totals.items()))
     return {"index": {k: v for k, v in index.items() if k != "splits"}, "splits": totals,
-            "encoded": {"files": len(todo), "reused": reused}}  # fmt: skip
+            "encoded": {"files": len(todo), "reused": reused},
+            "streams": [str(f) for files in streams.values() for f in files]}  # fmt: skip
 
 
 class Encoder:
@@ -116,37 +134,68 @@ class Encoder:
         writer.close()
 
 
-def _pack(streams: list[Path], folder: Path, shard_tokens: int, tok: BPETokenizer) -> dict[str, Any]:
-    """Concatenate `streams` and cut the result into shards of `shard_tokens` tokens."""
-    shards: list[dict[str, Any]] = []
-    writer: ShardWriter | None = None
-    documents = 0
-
-    def finish(w: ShardWriter) -> None:
-        w.close()
-        shards.append({"file": f"{folder.name}/{w.path.name}", "tokens": w.tokens, "documents": documents,
-                       "sha256": sha256_file(w.path)})  # fmt: skip
-
-    for chunk in _chunks(streams):
-        while len(chunk):
-            if writer is None:
-                writer, documents = ShardWriter(folder / f"shard-{len(shards):05d}.bin", tok.vocab_size), 0
-            part, chunk = chunk[: shard_tokens - writer.tokens], chunk[shard_tokens - writer.tokens :]
-            writer.write(part)
-            documents += int(np.count_nonzero(part == tok.specials.eod))
-            if writer.tokens == shard_tokens:
-                finish(writer)
-                writer = None
-    if writer is not None:
-        finish(writer)
-    return {"tokens": sum(s["tokens"] for s in shards), "documents": sum(s["documents"] for s in shards),
-            "files": len(shards), "shards": shards}  # fmt: skip
+def _layout(streams: list[Path], folder: Path, shard_tokens: int) -> list[dict[str, Any]]:
+    """One item per shard of a split: its file and the [stream, start, end) token ranges it holds,
+    from the streams' headers alone."""
+    starts = np.cumsum([0, *(read_header(s).tokens for s in streams)]).tolist()
+    items = []
+    for begin in range(0, starts[-1], shard_tokens):
+        end, i, pieces = min(begin + shard_tokens, starts[-1]), bisect.bisect_right(starts, begin) - 1, []
+        while i < len(streams) and starts[i] < end:
+            lo, hi = max(begin, starts[i]) - starts[i], min(end, starts[i + 1]) - starts[i]
+            if hi > lo:
+                pieces.append([str(streams[i]), lo, hi])
+            i += 1
+        items.append({"path": str(folder / f"shard-{len(items):05d}.bin"), "pieces": json.dumps(pieces)})
+    return items
 
 
-def _chunks(streams: list[Path]) -> Iterator[np.ndarray]:
-    for stream in streams:
-        for piece in _slices(open_tokens(stream)):
-            yield np.asarray(piece)
+def _shard_writer(vocab_size: int, eod: int):
+    def run(item: dict[str, Any]) -> dict[str, Any]:
+        writer, documents = ShardWriter(Path(item["path"]), vocab_size), 0
+        for stream, lo, hi in json.loads(item["pieces"]):
+            for piece in _slices(open_tokens(Path(stream))[lo:hi]):
+                piece = np.asarray(piece)
+                writer.write(piece)
+                documents += int(np.count_nonzero(piece == eod))
+        writer.close()
+        return {"file": writer.path.name, "tokens": writer.tokens, "documents": documents,
+                "sha256": sha256_file(writer.path)}  # fmt: skip
+
+    return run
+
+
+def _listing(folder: Path, shards: list[dict[str, Any]]) -> dict[str, Any]:
+    listed = [{"file": f"{folder.name}/{s['file']}", "tokens": s["tokens"], "documents": s["documents"],
+               "sha256": s["sha256"]} for s in shards]  # fmt: skip
+    return {"tokens": sum(s["tokens"] for s in listed), "documents": sum(s["documents"] for s in listed),
+            "files": len(listed), "shards": listed}  # fmt: skip
+
+
+@contextmanager
+def _cache_lock(cache: Path) -> Iterator[Any]:
+    """Hold the cache shared while building; yield a function that removes the streams no build
+    folder lists, once no other build holds the cache (without locks, it removes them regardless)."""
+    with open(cache / ".lock", "w") as f:
+        with suppress(OSError):
+            fcntl.flock(f, fcntl.LOCK_SH)
+
+        def clean() -> None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("shards: another build is using %s; its unused streams stay", cache)
+                return
+            except OSError:
+                pass
+            keep = {".lock"}.union(*(json.loads(f.read_text()) for f in cache.parent.glob(f"*/{STREAMS}")))
+            stale = [p for p in cache.iterdir() if p.name not in keep]
+            for path in stale:
+                path.unlink(missing_ok=True)
+            if stale:
+                log.info("shards: removed %d cached streams no build uses", len(stale))
+
+        yield clean
 
 
 def _slices(tokens: np.ndarray) -> Iterator[np.ndarray]:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from pipeline.documents import doc_files, read_texts
-from pipeline.shard_format import HEADER_BYTES, MAGIC, VERSION, ShardFormatError, read_header
+from pipeline.shard_format import HEADER_BYTES, MAGIC, VERSION, ShardFormatError, ShardWriter, open_tokens, read_header
+from pipeline.shards import _layout, _shard_writer
 from tests.conftest import GPT1, build_shards, built
 from tokenizer.bpe import BPETokenizer
 from training.data import Sampler, TokenWindows, permuted
@@ -139,7 +140,12 @@ def test_new_data_reencodes_only_the_document_files_that_changed(shards, tiny_ou
     assert built(same)[0] == folder and "shards: skipped" in same.stderr  # same token ids: nothing to do
 
     # Dropping a few short documents changes only the document files that held them.
+    cache = folder.parent / "cache"
+    stray = cache / "0123abcd.bin"  # as left by a build folder since removed
+    stray.write_bytes(b"tokens")
     _, recleaned = built(build_shards(tiny_out, ray_address, *fixed, "--set", "data.clean.min_words=40"))
+    assert not stray.exists()  # no build lists it
+    assert set(json.loads((folder / "streams.json").read_text())) <= {p.name for p in cache.iterdir()}
     old = json.loads((Path(manifest["inputs"]["data"]["dir"]) / "manifest.json").read_text())
     new = json.loads((Path(recleaned["inputs"]["data"]["dir"]) / "manifest.json").read_text())
     old_files = {f["path"]: f["sha256"] for f in old["files"] if f["path"].startswith(("train/", "val/"))}
@@ -261,3 +267,22 @@ def test_the_training_reader_and_the_tokenizer_need_neither_ray_nor_the_cli():
             "print(sorted(m for m in ('ray', 'launch', 'pipeline.parallel') if m in sys.modules))")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_packing_cuts_the_concatenated_streams_into_shards_whatever_their_boundaries(tmp_path):
+    eod, lengths = 9, [5, 0, 12, 1]
+    streams, everything = [], []
+    for i, n in enumerate(lengths):
+        tokens = np.array([(i * 7 + t) % eod if t != n - 1 else eod for t in range(n)], np.uint32)
+        writer = ShardWriter(tmp_path / f"stream-{i}.bin", vocab_size=10)
+        writer.write(tokens)
+        writer.close()
+        streams.append(writer.path)
+        everything += tokens.tolist()
+    items = _layout(streams, tmp_path / "train", shard_tokens=4)
+    written = [_shard_writer(10, eod)(item) for item in items]
+    assert [w["tokens"] for w in written] == [4, 4, 4, 4, 2]
+    packed = [t for item in items for t in open_tokens(Path(item["path"])).tolist()]
+    assert packed == everything
+    assert sum(w["documents"] for w in written) == everything.count(eod) == 3
+    assert _layout([], tmp_path / "val", shard_tokens=4) == []
