@@ -8,14 +8,17 @@ drops the copies. Each size runs: the plain one-process loop that reads, cleans 
 (bench.data's baseline); the data stage (default rules, near-dedup on) with each worker count;
 the tokenizer stage once (it trains in one process); bare `tokenizers` `encode_batch_fast` over the
 kept documents; and the shards stage with each worker count from an empty cache. For every run:
-wall time, MB/s per core, Mtok/s, and the peak RSS of this process (the driver) and of the
-largest Ray worker, sampled every 100 ms. Ray's start-up is excluded (paid once per run).
+wall time, MB/s per core, Mtok/s, and the peak RSS of the driver and of the largest Ray worker,
+sampled every 100 ms. Every run has a fresh process of its own, with its own local Ray (whose
+start-up is excluded): memory a process has freed is rarely given back to the system, so a
+driver or worker that ran before would report its old peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import shutil
 import tempfile
@@ -89,11 +92,23 @@ def peak_rss() -> Iterator[dict[str, int]]:
 
 
 def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, dict[str, int]]:
-    with peak_rss() as peaks:
-        start = time.perf_counter()
-        result = fn(*args)
-        took = time.perf_counter() - start
-    return result, took, peaks
+    """`fn(*args)` in a fresh process with a local Ray of its own: (result, seconds, peak RSS)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_timed, (fn, *args))
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, dict[str, int]]:
+    import ray
+
+    ensure_ray()
+    try:
+        with peak_rss() as peaks:
+            start = time.perf_counter()
+            result = fn(*args)
+            took = time.perf_counter() - start
+        return result, took, peaks
+    finally:
+        ray.shutdown()
 
 
 def bare_encode(tokenizer: Path, data: Path) -> int:
@@ -117,7 +132,6 @@ def main() -> None:
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     parser.add_argument("--merges", type=int, default=40_000)
     args = parser.parse_args()
-    ensure_ray()
     print(f"{'input':>7} {'run':>16} {'wall s':>8} {'MB/s/core':>9} {'Mtok/s':>8} {'vs base':>7} "
           f"{'driver MB':>9} {'worker MB':>9}")  # fmt: skip
     for megabytes in args.sizes:
@@ -129,7 +143,8 @@ def bench_size(root: Path, megabytes: int, worker_counts: list[int], merges: int
     (root / "in").mkdir()
     mb = write_corpus(root / "in", megabytes) / 1e6
     size = f"{mb:.0f} MB"
-    cfg = DataConfig(sources=[SourceConfig(name="bench", paths=[str(root / "in" / "*.jsonl")])], dedup={"near": True})
+    cfg = DataConfig(sources=[SourceConfig(name="bench", paths=[str(root / "in" / "*.jsonl")])], dedup={"near": True},
+                     partition_bytes=FILE_BYTES)  # a partition per file, as the baseline reads them  # fmt: skip
     _, base, peaks = timed(baseline, sorted((root / "in").glob("*.jsonl")), cfg)
     print(row(size, "loop", base, mb, 1, peaks, 1.0, None), flush=True)
     for workers in worker_counts:

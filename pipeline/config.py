@@ -153,6 +153,11 @@ class DataConfig(BaseModel):
     """Duplicate removal across all sources."""
     val_fraction: float = Field(0.01, ge=0.0, lt=1.0)
     """Fraction of documents held out for validation, chosen by a hash of the text."""
+    partition_bytes: int = Field(256_000_000, gt=0)
+    """Bytes of local input per partition (one task each), at most: smaller files are read together,
+    in order; an uncompressed JSON-lines or Parquet file over twice this is split into byte ranges
+    or row groups of about this size; other large files are one partition each. A source under
+    64 × this is cut into 64 partitions (of at least 1 MiB), so that it still runs in parallel."""
     cache_dir: str = Field("~/.cache/gpt1", json_schema_extra={"hashed": False})
     """Where downloaded files are kept between runs."""
     num_workers: int | None = Field(None, gt=0, json_schema_extra={"hashed": False})

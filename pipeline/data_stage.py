@@ -49,7 +49,7 @@ def run_data(cfg: DataConfig, out: Path) -> dict[str, Any]:
     log.info("data: %d partitions from %d sources", len(partitions), len(cfg.sources))
 
     cleaned = parallel_map([{"p": p.index} for p in partitions], _cleaner(partitions, cfg, work), cfg.num_workers,
-                           "clean")  # fmt: skip
+                           "clean", memory=_task_memory(2 * cfg.partition_bytes))  # keys and row groups  # fmt: skip
     failed = [r["error"] for r in cleaned if r["error"]]
     if failed:
         raise DataError("\n".join(failed))

@@ -12,11 +12,12 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import itertools
 import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import zstandard
 
@@ -73,21 +74,46 @@ def decode(data: bytes, policy: str, stats: Counter) -> str:
         return data.decode("utf-8", errors="replace")
 
 
-def read_file(path: str, source: SourceConfig, policy: str, max_chars: int | None, stats: Counter) -> Iterator[Doc]:
-    """Every document in one local file; faults become rejected records named after the file."""
+def split_file(path: str, fmt: str, size: int, target: int) -> list[tuple[str, int, int]] | None:
+    """Pieces of about `target` bytes of a large file that can be read apart: an uncompressed JSON-lines
+    file by byte ranges, a Parquet file by row groups. None for a file that cannot be split."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        groups = pq.read_metadata(path).num_row_groups
+        per_piece = max(1, round(groups * target / size))
+        return [(path, g, min(g + per_piece, groups)) for g in range(0, groups, per_piece)] if groups > 1 else None
+    if fmt != "jsonl" or Path(path).suffix.lower() in COMPRESSION:
+        return None
+    with open(path, "rb") as f:
+        if f.read(SNIFF_BYTES).lstrip()[:1] == b"[":  # one JSON array: read whole
+            return None
+    pieces = -(-size // target)
+    bounds = [size * i // pieces for i in range(pieces + 1)]
+    return [(path, lo, hi) for lo, hi in itertools.pairwise(bounds)]
+
+
+def read_file(path: str, source: SourceConfig, policy: str, max_chars: int | None, stats: Counter,
+              span: tuple[int, int] | None = None) -> Iterator[Doc]:  # fmt: skip
+    """Every document in one local file, or in one piece of it (`split_file`); faults become
+    rejected records named after the file (reported by its first piece only)."""
     try:
         fmt = file_format(path, source.format)
         with open_binary(path) as raw:
             stream = io.BufferedReader(raw) if not hasattr(raw, "peek") else raw
             head = stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]
+            first = span is None or span[0] == 0
             if not head:
                 yield Doc.rejected(path, source.name, "empty_file")
                 return
             if b"\x00" in head and fmt != "parquet":
-                yield Doc.rejected(path, source.name, "binary_file", "NUL bytes in the first 8 KiB")
+                if first:
+                    yield Doc.rejected(path, source.name, "binary_file", "NUL bytes in the first 8 KiB")
                 return
             if fmt == "parquet":
-                yield from _parquet(path, source, stats)
+                yield from _parquet(path, source, stats, span)
+            elif span is not None:
+                yield from _records(_json_range(stream, span, policy, stats), path, source)
             elif fmt in ("jsonl", "json"):
                 yield from _json(stream, path, source, policy, stats)
             elif source.unit == "file" or fmt == "html":
@@ -151,7 +177,7 @@ def _units(stream: IO[bytes], path: str, source: SourceConfig, policy: str, stat
 
 def _json(stream: IO[bytes], path: str, source: SourceConfig, policy: str, stats: Counter) -> Iterator[Doc]:
     """JSON lines, or (when the file starts with '[') one JSON array of records."""
-    numbered: Iterator[tuple[int, object]]
+    numbered: Iterator[tuple[str, Any, object]]
     if stream.peek(SNIFF_BYTES).lstrip()[:1] == b"[":
         try:
             records = json.loads(decode(stream.read(), policy, stats))
@@ -159,45 +185,73 @@ def _json(stream: IO[bytes], path: str, source: SourceConfig, policy: str, stats
             raise ReadError("malformed_json", f"line {e.lineno}: {e.msg}") from None
         if not isinstance(records, list):
             raise ReadError("malformed_json", "expected an array of records")
-        numbered = enumerate(records, 1)
+        numbered = ((f"line {n}", n, record) for n, record in enumerate(records, 1))
     else:
-        numbered = _json_lines(stream, policy, stats)
-    for number, record in numbered:
-        doc_id = f"{path}:{number}"
+        numbered = ((f"line {n}", n, record) for n, record in _json_lines(enumerate(stream, 1), policy, stats))
+    yield from _records(numbered, path, source)
+
+
+def _records(numbered: Iterator[tuple[str, Any, object]], path: str, source: SourceConfig) -> Iterator[Doc]:
+    """Documents from (where, position, record): a record is named `path:position` (its line number,
+    or `@byte` in a piece of a split file) and described by `where` in a rejection."""
+    for where, position, record in numbered:
+        doc_id = f"{path}:{position}"
         if isinstance(record, ReadError):
-            yield Doc.rejected(doc_id, source.name, record.reason, f"line {number}: {record.detail}")
+            yield Doc.rejected(doc_id, source.name, record.reason, f"{where}: {record.detail}")
             continue
         text = record.get(source.text_field) if isinstance(record, dict) else None
         if not isinstance(text, str):
-            yield Doc.rejected(doc_id, source.name, "missing_field", f"line {number}: no string {source.text_field!r}")
+            yield Doc.rejected(doc_id, source.name, "missing_field", f"{where}: no string {source.text_field!r}")
             continue
         meta = {k: v for k, v in record.items() if k != source.text_field and isinstance(v, (str, int, float, bool))}
-        yield Doc(doc_id, source.name, text, {"path": path, "line": number, **meta})
+        at = {"line": position} if isinstance(position, int) else {"offset": int(position[1:])}
+        yield Doc(doc_id, source.name, text, {"path": path, **at, **meta})
 
 
-def _json_lines(stream: IO[bytes], policy: str, stats: Counter) -> Iterator[tuple[int, object]]:
-    for number, line in enumerate(stream, 1):
+def _json_lines(lines: Iterator[tuple[Any, bytes]], policy: str, stats: Counter) -> Iterator[tuple[Any, object]]:
+    for position, line in lines:
         if not line.strip():
             continue
         try:
-            yield number, json.loads(decode(line, policy, stats))
+            yield position, json.loads(decode(line, policy, stats))
         except json.JSONDecodeError as e:
-            yield number, ReadError("malformed_json", e.msg)
+            yield position, ReadError("malformed_json", e.msg)
         except ReadError as e:
-            yield number, e
+            yield position, e
 
 
-def _parquet(path: str, source: SourceConfig, stats: Counter) -> Iterator[Doc]:
+def _json_range(stream: IO[bytes], span: tuple[int, int], policy: str, stats: Counter
+                ) -> Iterator[tuple[str, str, object]]:  # fmt: skip
+    """The JSON lines that begin at a byte in [start, stop): every line belongs to exactly one piece.
+    Line numbers would need the bytes before the piece, so records are named by byte offset."""
+    start, stop = span
+    stream.seek(max(start - 1, 0))
+    if start and stream.read(1) != b"\n":
+        stream.readline()  # the end of a line that began in the piece before
+
+    def lines() -> Iterator[tuple[str, bytes]]:
+        position = stream.tell()
+        while position < stop and (line := stream.readline()):
+            yield f"@{position}", line
+            position += len(line)
+
+    for position, record in _json_lines(lines(), policy, stats):
+        yield f"byte {position[1:]}", position, record
+
+
+def _parquet(path: str, source: SourceConfig, stats: Counter, groups: tuple[int, int] | None = None) -> Iterator[Doc]:
+    """Rows of the file, or of row groups [start, stop); rows are numbered from the file's first."""
     import pyarrow.parquet as pq
 
     file = pq.ParquetFile(path)
+    start, stop = groups or (0, file.num_row_groups)
     group_by = source.join.field if source.join is not None else None
     columns = [source.text_field, *([group_by] if group_by else [])]
     for column in columns:
         if column not in file.schema_arrow.names:
             raise ReadError("missing_field", f"no column {column!r} (columns: {file.schema_arrow.names})")
-    number = 0
-    for batch in file.iter_batches(batch_size=1024, columns=columns):
+    number = sum(file.metadata.row_group(g).num_rows for g in range(start))
+    for batch in file.iter_batches(batch_size=1024, columns=columns, row_groups=range(start, stop)):
         values = batch.column(1).to_pylist() if group_by else None
         for i, text in enumerate(batch.column(0).to_pylist()):
             number += 1

@@ -21,24 +21,35 @@ from pipeline.config import DataConfig, SourceConfig
 from pipeline.documents import Doc
 from pipeline.download import fetch
 from pipeline.join import join_rows
-from pipeline.readers import file_format, read_file
+from pipeline.readers import file_format, read_file, split_file
 from pipeline.runner import StageError
 
 BUILTIN_PARTS = 8
+# A local source smaller than MIN_PARTITIONS × partition_bytes is cut finer, so that it still runs in
+# parallel, but never into partitions under MIN_PARTITION_BYTES.
+MIN_PARTITIONS = 64
+MIN_PARTITION_BYTES = 1 << 20
 
 
 class DataError(StageError):
     """The configured sources cannot be read; the message says which and why."""
 
 
+Piece = tuple[str, int, int]
+"""Part of a local file: (path, start, stop) in bytes (JSON lines) or row groups (Parquet); (path, 0,
+-1) is the whole file."""
+
+
 @dataclass(frozen=True)
 class Partition:
-    """One unit of reading work: a file, a URL, a shard of a hub dataset or a slice of the built-in corpus."""
+    """One unit of reading work: local files or a piece of one, a URL, a shard of a hub dataset or a
+    slice of the built-in corpus."""
 
     index: int
     source: SourceConfig
     target: str
     units: tuple[str, ...] = ()
+    pieces: tuple[Piece, ...] = ()
     identity: str = ""
     """What the partition reads, as a short digest: a local file's path, size and mtime; a hub shard's
     dataset, revision and shard count; a URL and its checksum. It names the partition's work file, so
@@ -51,20 +62,20 @@ class Partition:
 
 def plan(cfg: DataConfig) -> list[Partition]:
     """Every partition of every source, in order; all problems found are raised together."""
-    targets: list[tuple[SourceConfig, str, tuple[str, ...], str]] = []
+    targets: list[tuple[SourceConfig, Target]] = []
     problems: list[str] = []
     names = [s.name for s in cfg.sources]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"data.sources: the name {name!r} is used twice")
     for source in cfg.sources:
         try:
-            targets += [(source, *target) for target in _targets(source)]
+            targets += [(source, target) for target in _targets(source, cfg.partition_bytes)]
         except (ValueError, OSError, ImportError) as e:
             problems.append(f"data.sources[{source.name}]: {e}")
     if problems:
         raise DataError("\n".join(problems))
-    return [Partition(i, source, target, units, _digest(identity))
-            for i, (source, target, units, identity) in enumerate(targets)]  # fmt: skip
+    return [Partition(i, source, target, units, pieces, _digest(identity))
+            for i, (source, (target, units, pieces, identity)) in enumerate(targets)]  # fmt: skip
 
 
 def input_identity(cfg: DataConfig) -> dict[str, str]:
@@ -83,31 +94,68 @@ def input_identity(cfg: DataConfig) -> dict[str, str]:
     return identity
 
 
-def _targets(source: SourceConfig) -> Iterator[tuple[str, tuple[str, ...], str]]:
-    """(target, units, identity) of each partition of a source."""
+Target = tuple[str, tuple[str, ...], tuple[Piece, ...], str]  # (target, units, pieces, identity)
+
+
+def _targets(source: SourceConfig, partition_bytes: int) -> Iterator[Target]:
+    """(target, units, pieces, identity) of each partition of a source."""
     if source.kind == "local":
+        paths = []
         for pattern in source.paths:
             matches = _matches(pattern)
             if not matches:
                 raise ValueError(f"no file matches {pattern!r}")
             for path in matches:
                 file_format(path, source.format)  # an unknown extension is a config error, found now
-                yield path, (), _file_identity(path)
+            paths += matches
+        total = sum(os.path.getsize(path) for path in paths)
+        target = min(partition_bytes, max(total // MIN_PARTITIONS, MIN_PARTITION_BYTES))
+        for pieces in _local_partitions(paths, source.format, target):
+            identity = "\n".join(f"{_file_identity(path)} {start} {stop}" for path, start, stop in pieces)
+            yield _pieces_label(pieces), (), pieces, identity
     elif source.kind == "url":
         for i, url in enumerate(source.paths):
             file_format(url, source.format)
-            yield url, (), f"{url} {source.sha256[i] if source.sha256 else ''}"
+            yield url, (), (), f"{url} {source.sha256[i] if source.sha256 else ''}"
     elif source.kind == "hub":
         shards = _hub_dataset(source).num_shards
         for shard in range(shards):
             hub = (source.hub_id, source.hub_config, source.split, source.revision)
-            yield f"shard-{shard}", (), f"{hub} {shard}/{shards}"
+            yield f"shard-{shard}", (), (), f"{hub} {shard}/{shards}"
     else:
         units = builtin_units()
         size = -(-len(units) // BUILTIN_PARTS)
         for part in range(0, len(units), size):
             chunk = tuple(units[part : part + size])
-            yield f"part-{part // size}", chunk, f"{platform.python_version()} {chunk}"
+            yield f"part-{part // size}", chunk, (), f"{platform.python_version()} {chunk}"
+
+
+def _local_partitions(paths: list[str], configured: str, target: int) -> Iterator[tuple[Piece, ...]]:
+    """Files in order, packed into partitions of about `target` bytes; a file that can be split
+    (uncompressed JSON lines or Parquet) and is over twice that becomes pieces of about `target`."""
+    pack: list[Piece] = []
+    packed = 0
+    for path in paths:
+        size = os.path.getsize(path)
+        pieces = split_file(path, file_format(path, configured), size, target) if size > 2 * target else None
+        if pieces is None and (not pack or packed + size <= target):
+            pack.append((path, 0, -1))
+            packed += size
+            continue
+        if pack:
+            yield tuple(pack)
+        pack, packed = ([], 0) if pieces else ([(path, 0, -1)], size)
+        for piece in pieces or ():
+            yield (piece,)
+    if pack:
+        yield tuple(pack)
+
+
+def _pieces_label(pieces: tuple[Piece, ...]) -> str:
+    path, start, stop = pieces[0]
+    if len(pieces) > 1:
+        return f"{path} and {len(pieces) - 1} more files"
+    return path if stop == -1 else f"{path}[{start}:{stop}]"
 
 
 def _matches(pattern: str) -> list[str]:
@@ -141,11 +189,13 @@ def _hub_dataset(source: SourceConfig):
 
 
 def read_partition(part: Partition, cfg: DataConfig, stats: Counter) -> Iterator[Doc]:
-    """The documents of one partition, rows joined as configured, at most `limit` of them (the
-    source's limit applies to all)."""
-    docs = _read(part, cfg, stats)
-    if part.source.join is not None:
-        docs = join_rows(docs, part.source.join, cfg.clean.max_chars, stats)
+    """The documents of one partition, rows joined as configured (never across two files or pieces
+    of one), at most `limit` of them (the source's limit applies to all)."""
+    if part.source.kind == "local":
+        docs = itertools.chain.from_iterable(_joined(_read_piece(piece, part.source, cfg, stats), part, cfg, stats)
+                                             for piece in part.pieces)  # fmt: skip
+    else:
+        docs = _joined(_read(part, cfg, stats), part, cfg, stats)
     if cfg.clean.max_chars is not None:
         docs = _within(docs, cfg.clean.max_chars)
     return itertools.islice(docs, part.source.limit)
@@ -160,11 +210,20 @@ def _within(docs: Iterator[Doc], max_chars: int) -> Iterator[Doc]:
         yield doc
 
 
+def _joined(docs: Iterator[Doc], part: Partition, cfg: DataConfig, stats: Counter) -> Iterator[Doc]:
+    return docs if part.source.join is None else join_rows(docs, part.source.join, cfg.clean.max_chars, stats)
+
+
+def _read_piece(piece: Piece, source: SourceConfig, cfg: DataConfig, stats: Counter) -> Iterator[Doc]:
+    path, start, stop = piece
+    span = None if stop == -1 else (start, stop)
+    return read_file(path, source, cfg.clean.invalid_utf8, cfg.clean.max_chars, stats, span)
+
+
 def _read(part: Partition, cfg: DataConfig, stats: Counter) -> Iterator[Doc]:
+    """The records of a URL, hub shard or built-in slice."""
     source, clean = part.source, cfg.clean
-    if source.kind == "local":
-        yield from read_file(part.target, source, clean.invalid_utf8, clean.max_chars, stats)
-    elif source.kind == "url":
+    if source.kind == "url":
         expected = source.sha256[source.paths.index(part.target)] if source.sha256 else None
         path = fetch(part.target, cfg.cache_dir, expected)
         for doc in read_file(str(path), source, clean.invalid_utf8, clean.max_chars, stats):

@@ -168,7 +168,7 @@ def test_killed_run_resumes_to_the_same_output(ray_address, tmp_path, write_conf
     root = make_corpus(tmp_path, topics)
     for i in range(40):  # enough partitions that the kill lands in the middle
         (root / "b" / f"more{i:02d}.txt").write_text(topics[i % len(topics)] + f"\n\nCopy {i}.")
-    cfg = corpus_config(root, write_config, "  num_workers: 1")
+    cfg = corpus_config(root, write_config, "  num_workers: 1\n  partition_bytes: 1000")  # a partition per file
     proc = subprocess.Popen([GPT1, "data", str(cfg), "--ray-address", ray_address],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline = time.time() + 120
@@ -223,7 +223,9 @@ def test_work_left_for_other_files_is_never_reused(ray_address, tmp_path):
     root.mkdir()
     write_jsonl(root / "a.jsonl", TOPICS[:4])
     write_jsonl(root / "c.jsonl", TOPICS[4:8])
-    cfg = DataConfig(sources=[SourceConfig(name="s", paths=[f"{root}/*.jsonl"])], val_fraction=0.0)
+    cfg = DataConfig(sources=[SourceConfig(name="s", paths=[f"{root}/*.jsonl"])], val_fraction=0.0,
+                     partition_bytes=50_000)  # one partition per file (34, 31 and 86 kB)  # fmt: skip
+    assert [len(p.pieces) for p in plan(cfg)] == [1, 1]
     out = tmp_path / "out"
     (out / "work").mkdir(parents=True)
     for part in plan(cfg):  # what a kill after pass 1 leaves behind

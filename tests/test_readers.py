@@ -569,7 +569,8 @@ def test_partitions_are_numbered_sources_first_then_sorted_files(tmp_path):
         sources=[
             local("first", str(tmp_path / "*.txt"), str(tmp_path / "**" / "*.md")),
             local("second", str(tmp_path / "*.jsonl")),
-        ]
+        ],
+        partition_bytes=10,  # a partition per file
     )
     parts = plan(cfg)
     assert [(p.index, p.source.name, Path(p.target).relative_to(tmp_path).as_posix()) for p in parts] == [
@@ -596,6 +597,71 @@ def test_read_partition_without_limit_reads_everything_and_uses_the_clean_policy
     [part] = plan(cfg)
     assert [d.text for d in read_partition(part, cfg, stats)] == ["a", "\ufffd", "c"]
     assert stats["read.invalid_utf8_replaced"] == 1
+
+
+# Partitions of large and small files ------------------------------------------------------------
+
+
+def read_all(cfg: DataConfig) -> list[Doc]:
+    return [doc for part in plan(cfg) for doc in read_partition(part, cfg, Counter())]
+
+
+def test_small_files_are_read_together_in_order(tmp_path):
+    for i in range(6):
+        write(tmp_path / f"f{i}.jsonl", json.dumps({"text": f"file {i}"}).encode() + b"\n")
+    cfg = DataConfig(sources=[local("s", str(tmp_path / "*.jsonl"))], partition_bytes=60)
+    parts = plan(cfg)
+    assert [len(p.pieces) for p in parts] == [3, 3]  # 20 bytes a file
+    assert parts[0].label == f"s:{tmp_path / 'f0.jsonl'} and 2 more files"
+    assert [d.text for d in read_all(cfg)] == [f"file {i}" for i in range(6)]
+    assert len(plan(cfg.model_copy(update={"partition_bytes": 256_000_000}))) == 1
+
+
+def test_a_large_json_lines_file_is_split_and_every_line_is_read_once(tmp_path):
+    lines = [json.dumps({"text": f"document {i} " + "word " * (i % 13)}).encode() for i in range(200)]
+    lines[57] = b'{"text": broken'
+    write(tmp_path / "big.jsonl", b"\n".join(lines) + b"\n")
+    write(tmp_path / "z-after.txt", b"a file after it\n")
+    cfg = DataConfig(sources=[local("s", str(tmp_path / "*"), unit="file")], partition_bytes=1000)
+    parts = plan(cfg)
+    assert len(parts) == 12 and [p.pieces[0][1] for p in parts[:2]] == [0, parts[0].pieces[0][2]] != [0, -1]
+    docs = read_all(cfg)
+    assert [d.text for d in docs if d.reason is None] == [
+        *(json.loads(line)["text"] for i, line in enumerate(lines) if i != 57), "a file after it\n"]  # fmt: skip
+    [bad] = [d for d in docs if d.reason]
+    offset = sum(len(line) + 1 for line in lines[:57])
+    assert (bad.reason, bad.id, bad.detail) == ("malformed_json", f"{tmp_path / 'big.jsonl'}:@{offset}",
+                                                f"byte {offset}: Expecting value")  # fmt: skip
+    assert docs[1].meta["offset"] == len(lines[0]) + 1 and len({d.id for d in docs}) == len(docs)
+
+
+@pytest.mark.parametrize("name", ["big.jsonl.gz", "array.json"])
+def test_compressed_and_array_files_are_never_split(tmp_path, name):
+    records = [{"text": f"document {i} " * 20} for i in range(100)]
+    data = (
+        json.dumps(records).encode() if name.endswith(".json") else b"\n".join(json.dumps(r).encode() for r in records)
+    )
+    write(tmp_path / name, data)
+    cfg = DataConfig(sources=[local("s", str(tmp_path / name))], partition_bytes=100)
+    [part] = plan(cfg)
+    assert part.pieces == ((str(tmp_path / name), 0, -1),) and len(read_all(cfg)) == 100
+
+
+def test_a_large_parquet_file_is_split_by_row_groups_with_the_same_ids(tmp_path):
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"text": [f"row {i} " * 10 for i in range(100)]}), path, row_group_size=10)
+    whole = read_all(DataConfig(sources=[local("s", str(path))]))
+    cfg = DataConfig(sources=[local("s", str(path))], partition_bytes=path.stat().st_size // 5)
+    parts = plan(cfg)
+    assert [p.pieces for p in parts] == [((str(path), g, g + 2),) for g in range(0, 10, 2)]
+    assert [(d.id, d.text) for d in read_all(cfg)] == [(d.id, d.text) for d in whole]
+
+
+def test_a_piece_of_a_split_file_is_in_its_identity(tmp_path):
+    write(tmp_path / "big.jsonl", b"".join(json.dumps({"text": f"doc {i}"}).encode() + b"\n" for i in range(100)))
+    cfg = DataConfig(sources=[local("s", str(tmp_path / "big.jsonl"))], partition_bytes=300)
+    identities = [p.identity for p in plan(cfg)]
+    assert len(set(identities)) == len(identities) > 2
 
 
 # Hub datasets (on a local stand-in) ---------------------------------------------------------------------
