@@ -2,7 +2,8 @@
 
     python -m bench.partition [--megabytes 8]
 
-Input: one JSON-lines file of bench.scale's varied text (default rules, near-dedup on). Each part
+Input: bench.scale's varied text, in the partitions the stage cuts it into (default rules,
+near-dedup on). Each part
 is timed on its own over the same documents: reading and parsing, every cleaning step, the exact
 hash and the MinHash bands of the kept documents; then pass 1 as the stage runs it (the same
 work plus the Parquet and keys files), and the whole stage on Ray with one worker, pass by pass.
@@ -34,13 +35,13 @@ def profile(root: Path, megabytes: int) -> None:
     (root / "in").mkdir()
     size = write_corpus(root / "in", megabytes) / 1e6
     cfg = DataConfig(sources=[SourceConfig(name="bench", paths=[str(root / "in" / "*.jsonl")])], dedup={"near": True},
-                     partition_bytes=10**12, num_workers=1)  # fmt: skip
-    [part] = plan(cfg)
+                     num_workers=1)  # fmt: skip
+    parts = plan(cfg)
     seconds: dict[str, float] = defaultdict(float)
     stats: Counter = Counter()
 
     start = time.perf_counter()
-    docs = list(read_partition(part, cfg, stats))
+    docs = [doc for part in parts for doc in read_partition(part, cfg, stats)]
     seconds["read and parse JSON lines"] = time.perf_counter() - start
     for step in build_steps(cfg.clean):
         start = time.perf_counter()
@@ -58,7 +59,8 @@ def profile(root: Path, megabytes: int) -> None:
 
     (root / "work").mkdir()
     start = time.perf_counter()
-    data_stage._clean_partition(part, cfg, data_stage._part_path(root / "work", part))
+    for part in parts:
+        data_stage._clean_partition(part, cfg, data_stage._part_path(root / "work", part))
     pass_one = time.perf_counter() - start
 
     ensure_ray()
@@ -76,26 +78,30 @@ def profile(root: Path, megabytes: int) -> None:
     data_stage.run_data(cfg, root / "out")
     stage = time.perf_counter() - start
 
-    parts = sum(seconds.values())
-    print(f"# python -m bench.partition --megabytes {megabytes}: {size:.1f} MB, {len(docs):,} documents, "
-          f"{len(kept):,} kept")  # fmt: skip
+    summed = sum(seconds.values())
+    print(f"# python -m bench.partition --megabytes {megabytes}: {size:.1f} MB in {len(parts)} partitions, "
+          f"{len(docs):,} documents, {len(kept):,} kept")  # fmt: skip
     print(f"{'part':<40} {'s':>7} {'share':>6}")
     for name, took in seconds.items():
-        print(f"{name:<40} {took:7.2f} {took / parts:6.1%}")
-    print(f"{'sum of the parts':<40} {parts:7.2f}")
-    print(f"{'pass 1 as run (+ Parquet and keys files)':<40} {pass_one:7.2f} {pass_one / parts - 1:+6.1%}")
+        print(f"{name:<40} {took:7.2f} {took / summed:6.1%}")
+    print(f"{'sum of the parts':<40} {summed:7.2f}")
+    print(f"{'pass 1 in one process (+ Parquet, keys)':<40} {pass_one:7.2f} {pass_one / summed - 1:+6.1%}")
     for name, took in passes.items():
         print(f"{name:<40} {took:7.2f}")
     print(f"{'whole stage, 1 worker':<40} {stage:7.2f} {stage / pass_one - 1:+6.1%} over pass 1")
 
 
 def components(n_edges: int) -> None:
-    """A corpus of 10 × n_edges / 4 documents where a tenth are near duplicates with 4 band edges
-    each, to an earlier document up to 10,000 places before."""
+    """Near-duplicate groups as LSH finds them: a first document and a geometric number of later
+    copies (mean 2) within 100,000 places after it, each linked to it by 1 to 4 band edges, among
+    25 × as many documents as edges (so that groups sometimes share a document and merge)."""
     rng = np.random.default_rng(0)
-    later = np.repeat(rng.choice(np.arange(10_000, 10 * n_edges // 4), n_edges // 4, replace=False), 4)
-    edges = np.empty(len(later), EDGE)
-    edges["later"], edges["first"] = later, later - rng.integers(1, 10_000, len(later))
+    firsts = np.sort(rng.choice(25 * n_edges, n_edges // 5, replace=False))
+    sizes = rng.geometric(0.5, len(firsts))
+    later = firsts.repeat(sizes) + rng.integers(1, 100_000, int(sizes.sum()))
+    bands = rng.integers(1, 5, len(later))
+    edges = np.empty(int(bands.sum()), EDGE)
+    edges["later"], edges["first"] = later.repeat(bands), firsts.repeat(sizes).repeat(bands)
     tracemalloc.start()
     start = time.perf_counter()
     members, _ = earliest_in_components(edges)

@@ -16,6 +16,7 @@ from pipeline.config import CleanConfig
 from pipeline.documents import Doc
 
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+FTFY_ASCII = re.compile(r"[\x00-\x08\x0b-\x1f\x7f&]")  # the ASCII that ftfy may change
 SPACES = re.compile(r"[^\S\n]+")
 BLANK_LINES = re.compile(r"\n{3,}")
 BULLETS = ("•", "-", "*", "‣", "◦", "▪")
@@ -107,7 +108,13 @@ def clean(doc: Doc, steps: list[Step], stats: Counter) -> Doc:
 
 
 def fix_unicode(text: str) -> str:
-    """Repair mojibake and broken HTML entities (ftfy), then normalise to NFC."""
+    """Repair mojibake and broken HTML entities (ftfy), then normalise to NFC.
+
+    Plain ASCII without control characters, escapes, carriage returns or `&` has nothing ftfy
+    would change (mojibake, curly quotes, ligatures and wide forms are all non-ASCII), so it is
+    returned as it is: ftfy is most of the cleaning time, and much of English text is such ASCII."""
+    if text.isascii() and not FTFY_ASCII.search(text):
+        return text
     import ftfy
 
     return unicodedata.normalize("NFC", ftfy.fix_text(text, normalization="NFC"))

@@ -108,6 +108,27 @@ def test_fix_unicode_leaves_clean_text_alone_and_counts_only_changes():
     assert step(doc("donâ€™t"), stats).text == "don't" and stats == Counter({"fix_unicode.changed": 1})
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["fish &amp; chips", "a&#x27;b", "line one\r\nline two", "bell\x07here", "\x1b[31mred\x1b[0m", "nul\x00byte",
+     "form\x0cfeed", "tabs\tand\nnewlines only"],
+)  # fmt: skip
+def test_ascii_that_ftfy_would_touch_still_goes_through_it(text):
+    import ftfy
+
+    assert fix_unicode(text) == ftfy.fix_text(text, normalization="NFC")
+
+
+def test_plain_ascii_is_returned_as_ftfy_would_return_it():
+    import ftfy
+
+    from pipeline.builtin import builtin_units, read_builtin
+
+    texts = [d.text for d in read_builtin("builtin", builtin_units()) if d.text.isascii()]
+    assert len(texts) > 100
+    assert [fix_unicode(t) for t in texts] == [ftfy.fix_text(t, normalization="NFC") for t in texts]
+
+
 def test_strip_control_removes_control_characters_but_keeps_newlines_tabs_and_carriage_returns():
     step = steps_by_name()["strip_control"]
     stats = Counter()
