@@ -157,7 +157,7 @@ class DataConfig(BaseModel):
     """Bytes of local input per partition (one task each), at most: smaller files are read together,
     in order; an uncompressed JSON-lines or Parquet file over twice this is split into byte ranges
     or row groups of about this size; other large files are one partition each. A source under
-    64 × this is cut into 64 partitions (of at least 1 MiB), so that it still runs in parallel."""
+    16 × this is cut into 16 partitions (of at least 4 MiB), so that it still runs in parallel."""
     cache_dir: str = Field("~/.cache/gpt1", json_schema_extra={"hashed": False})
     """Where downloaded files are kept between runs."""
     num_workers: int | None = Field(None, gt=0, json_schema_extra={"hashed": False})

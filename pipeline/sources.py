@@ -26,9 +26,10 @@ from pipeline.runner import StageError
 
 BUILTIN_PARTS = 8
 # A local source smaller than MIN_PARTITIONS × partition_bytes is cut finer, so that it still runs in
-# parallel, but never into partitions under MIN_PARTITION_BYTES.
-MIN_PARTITIONS = 64
-MIN_PARTITION_BYTES = 1 << 20
+# parallel, but never into partitions under MIN_PARTITION_BYTES: each task costs the driver and the
+# raylet CPU time that the workers lose on a small node.
+MIN_PARTITIONS = 16
+MIN_PARTITION_BYTES = 4 << 20
 
 
 class DataError(StageError):
