@@ -166,9 +166,9 @@ def test_cluster_at_ray_address_gives_the_local_default_output(corpus, tmp_path)
 def test_killed_run_resumes_to_the_same_output(ray_address, tmp_path, write_config):
     topics = [t for _, t in sorted(pydoc_data.topics.topics.items()) if len(t) > 1500]
     root = make_corpus(tmp_path, topics)
-    for i in range(40):  # enough partitions that the kill lands in the middle
+    for i in range(40):  # enough text that the kill lands in the middle
         (root / "b" / f"more{i:02d}.txt").write_text(topics[i % len(topics)] + f"\n\nCopy {i}.")
-    cfg = corpus_config(root, write_config, "  num_workers: 1\n  partition_bytes: 1000")  # a partition per file
+    cfg = corpus_config(root, write_config, "  num_workers: 1\n  partition_bytes: 100000")  # several partitions
     proc = subprocess.Popen([GPT1, "data", str(cfg), "--ray-address", ray_address],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline = time.time() + 120
