@@ -144,9 +144,9 @@ def _quotas(partitions: list[Partition], rows: list[int]) -> list[int]:
 # Pass 2: duplicates -----------------------------------------------------------------------------
 
 
-def _find_duplicates(parts: list[Path], quotas: list[int], cfg: DataConfig, work: Path) -> list[int]:
+def _find_duplicates(parts: list[Path], quotas: list[int], cfg: DataConfig, work: Path) -> None:
     """Write `work/duplicates.npy` (DUPLICATE rows by order) and `work/names/` (the id of every
-    document another duplicates); returns the partitions whose documents are duplicated.
+    document another duplicates).
 
     Buckets of keys become edges in parallel; one task (not the driver) turns all edges into
     duplicates; one task per partition that holds a first document names its firsts."""
@@ -177,7 +177,6 @@ def _find_duplicates(parts: list[Path], quotas: list[int], cfg: DataConfig, work
         return {"named": _name_firsts(parts[task["p"]], task["p"], work / "firsts.npy", names)}
 
     parallel_map([{"p": p} for p in holding], name, cfg.num_workers, "name")
-    return holding
 
 
 def _task_memory(estimate: float) -> int:
