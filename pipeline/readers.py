@@ -17,7 +17,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import zstandard
 
@@ -113,7 +113,7 @@ def read_file(path: str, source: SourceConfig, policy: str, max_chars: int | Non
             if fmt == "parquet":
                 yield from _parquet(path, source, stats, span)
             elif span is not None:
-                yield from _records(_json_range(stream, span, policy, stats), path, source)
+                yield from _records(_json_range(stream, span, policy, stats), path, source, by="offset")
             elif fmt in ("jsonl", "json"):
                 yield from _json(stream, path, source, policy, stats)
             elif source.unit == "file" or fmt == "html":
@@ -177,7 +177,7 @@ def _units(stream: IO[bytes], path: str, source: SourceConfig, policy: str, stat
 
 def _json(stream: IO[bytes], path: str, source: SourceConfig, policy: str, stats: Counter) -> Iterator[Doc]:
     """JSON lines, or (when the file starts with '[') one JSON array of records."""
-    numbered: Iterator[tuple[str, Any, object]]
+    numbered: Iterator[tuple[int, object]]
     if stream.peek(SNIFF_BYTES).lstrip()[:1] == b"[":
         try:
             records = json.loads(decode(stream.read(), policy, stats))
@@ -185,30 +185,31 @@ def _json(stream: IO[bytes], path: str, source: SourceConfig, policy: str, stats
             raise ReadError("malformed_json", f"line {e.lineno}: {e.msg}") from None
         if not isinstance(records, list):
             raise ReadError("malformed_json", "expected an array of records")
-        numbered = ((f"line {n}", n, record) for n, record in enumerate(records, 1))
+        numbered = enumerate(records, 1)
     else:
-        numbered = ((f"line {n}", n, record) for n, record in _json_lines(enumerate(stream, 1), policy, stats))
-    yield from _records(numbered, path, source)
+        numbered = _json_lines(enumerate(stream, 1), policy, stats)
+    yield from _records(numbered, path, source, by="line")
 
 
-def _records(numbered: Iterator[tuple[str, Any, object]], path: str, source: SourceConfig) -> Iterator[Doc]:
-    """Documents from (where, position, record): a record is named `path:position` (its line number,
-    or `@byte` in a piece of a split file) and described by `where` in a rejection."""
-    for where, position, record in numbered:
-        doc_id = f"{path}:{position}"
+def _records(numbered: Iterator[tuple[int, object]], path: str, source: SourceConfig, by: str) -> Iterator[Doc]:
+    """Documents from (position, record): by "line" number (`path:12`, "line 12" in a rejection), or
+    by "offset" in bytes, in a piece of a split file (`path:@1234`, "byte 1234")."""
+    label, where = ("{}", "line {}") if by == "line" else ("@{}", "byte {}")
+    for position, record in numbered:
+        doc_id = f"{path}:{label.format(position)}"
         if isinstance(record, ReadError):
-            yield Doc.rejected(doc_id, source.name, record.reason, f"{where}: {record.detail}")
+            yield Doc.rejected(doc_id, source.name, record.reason, f"{where.format(position)}: {record.detail}")
             continue
         text = record.get(source.text_field) if isinstance(record, dict) else None
         if not isinstance(text, str):
-            yield Doc.rejected(doc_id, source.name, "missing_field", f"{where}: no string {source.text_field!r}")
+            detail = f"{where.format(position)}: no string {source.text_field!r}"
+            yield Doc.rejected(doc_id, source.name, "missing_field", detail)
             continue
         meta = {k: v for k, v in record.items() if k != source.text_field and isinstance(v, (str, int, float, bool))}
-        at = {"line": position} if isinstance(position, int) else {"offset": int(position[1:])}
-        yield Doc(doc_id, source.name, text, {"path": path, **at, **meta})
+        yield Doc(doc_id, source.name, text, {"path": path, by: position, **meta})
 
 
-def _json_lines(lines: Iterator[tuple[Any, bytes]], policy: str, stats: Counter) -> Iterator[tuple[Any, object]]:
+def _json_lines(lines: Iterator[tuple[int, bytes]], policy: str, stats: Counter) -> Iterator[tuple[int, object]]:
     for position, line in lines:
         if not line.strip():
             continue
@@ -220,8 +221,7 @@ def _json_lines(lines: Iterator[tuple[Any, bytes]], policy: str, stats: Counter)
             yield position, e
 
 
-def _json_range(stream: IO[bytes], span: tuple[int, int], policy: str, stats: Counter
-                ) -> Iterator[tuple[str, str, object]]:  # fmt: skip
+def _json_range(stream: IO[bytes], span: tuple[int, int], policy: str, stats: Counter) -> Iterator[tuple[int, object]]:
     """The JSON lines that begin at a byte in [start, stop): every line belongs to exactly one piece.
     Line numbers would need the bytes before the piece, so records are named by byte offset."""
     start, stop = span
@@ -229,14 +229,13 @@ def _json_range(stream: IO[bytes], span: tuple[int, int], policy: str, stats: Co
     if start and stream.read(1) != b"\n":
         stream.readline()  # the end of a line that began in the piece before
 
-    def lines() -> Iterator[tuple[str, bytes]]:
+    def lines() -> Iterator[tuple[int, bytes]]:
         position = stream.tell()
         while position < stop and (line := stream.readline()):
-            yield f"@{position}", line
+            yield position, line
             position += len(line)
 
-    for position, record in _json_lines(lines(), policy, stats):
-        yield f"byte {position[1:]}", position, record
+    return _json_lines(lines(), policy, stats)
 
 
 def _parquet(path: str, source: SourceConfig, stats: Counter, groups: tuple[int, int] | None = None) -> Iterator[Doc]:

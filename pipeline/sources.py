@@ -109,9 +109,9 @@ def _targets(source: SourceConfig, partition_bytes: int) -> Iterator[Target]:
             for path in matches:
                 file_format(path, source.format)  # an unknown extension is a config error, found now
             paths += matches
-        total = sum(os.path.getsize(path) for path in paths)
-        target = min(partition_bytes, max(total // MIN_PARTITIONS, MIN_PARTITION_BYTES))
-        for pieces in _local_partitions(paths, source.format, target):
+        sized = [(path, os.path.getsize(path)) for path in paths]
+        target = min(partition_bytes, max(sum(size for _, size in sized) // MIN_PARTITIONS, MIN_PARTITION_BYTES))
+        for pieces in _local_partitions(sized, source.format, target):
             identity = "\n".join(f"{_file_identity(path)} {start} {stop}" for path, start, stop in pieces)
             yield _pieces_label(pieces), (), pieces, identity
     elif source.kind == "url":
@@ -131,13 +131,12 @@ def _targets(source: SourceConfig, partition_bytes: int) -> Iterator[Target]:
             yield f"part-{part // size}", chunk, (), f"{platform.python_version()} {chunk}"
 
 
-def _local_partitions(paths: list[str], configured: str, target: int) -> Iterator[tuple[Piece, ...]]:
+def _local_partitions(sized: list[tuple[str, int]], configured: str, target: int) -> Iterator[tuple[Piece, ...]]:
     """Files in order, packed into partitions of about `target` bytes; a file that can be split
     (uncompressed JSON lines or Parquet) and is over twice that becomes pieces of about `target`."""
     pack: list[Piece] = []
     packed = 0
-    for path in paths:
-        size = os.path.getsize(path)
+    for path, size in sized:
         pieces = split_file(path, file_format(path, configured), size, target) if size > 2 * target else None
         if pieces is None and (not pack or packed + size <= target):
             pack.append((path, 0, -1))
