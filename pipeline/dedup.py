@@ -174,22 +174,16 @@ def duplicates_of(edges: Path, buckets: int) -> np.ndarray:
     earliest of its component. An exact duplicate has all its first's band hashes, so its own near
     edges add nothing and are dropped as each file is read."""
     exact = np.concatenate([np.load(edges / f"exact-{b:05d}.npy") for b in range(buckets)])
-    exact = exact[np.argsort(exact["later"])]
     near = []
     for b in range(buckets):
         part = np.load(edges / f"near-{b:05d}.npy")
-        near.append(np.unique(part[~_sorted_isin(part["later"], exact["later"])]))
+        near.append(np.unique(part[~np.isin(part["later"], exact["later"])]))
     members, earliest = earliest_in_components(np.concatenate(near) if near else np.empty(0, EDGE))
     out = np.empty(len(exact) + len(members), DUPLICATE)
     out["later"] = np.concatenate([exact["later"], members])
     out["first"] = np.concatenate([exact["first"], earliest])
     out["near"] = np.arange(len(out)) >= len(exact)
     return out[np.argsort(out["later"], kind="stable")]
-
-
-def _sorted_isin(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    at = np.searchsorted(sorted_set, values).clip(max=max(len(sorted_set) - 1, 0))
-    return sorted_set[at] == values if len(sorted_set) else np.zeros(len(values), bool)
 
 
 def earliest_in_components(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
