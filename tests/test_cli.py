@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 from typer.testing import CliRunner
 
 from launch.cli import app
-from tests.conftest import CONFIGS, ROOT
-
-GPT1 = str(Path(sys.executable).with_name("gpt1"))
+from tests.conftest import CONFIGS, GPT1, ROOT
 
 
 def gpt1(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

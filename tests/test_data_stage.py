@@ -8,7 +8,6 @@ import pydoc_data.topics
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,8 +24,8 @@ from pipeline.data_stage import _clean_partition, _part_path
 from pipeline.data_stage import run_data as pipeline_run_data
 from pipeline.runner import Runner, StageOutcome, read_manifest
 from pipeline.sources import plan
+from tests.conftest import CONFIGS, GPT1
 
-GPT1 = str(Path(sys.executable).with_name("gpt1"))
 TOPICS = [t for _, t in sorted(pydoc_data.topics.topics.items()) if len(t) > 3000][:12]
 
 
@@ -188,14 +187,12 @@ def test_killed_run_resumes_to_the_same_output(ray_address, tmp_path, write_conf
 
 
 @pytest.mark.timeout(300)
-def test_tiny_config_data_stage_runs_from_the_command_line(ray_address, tmp_path):
-    proc = subprocess.run(
-        [GPT1, "data", "configs/tiny.yaml", "--set", f"run.out_dir={tmp_path}", "--ray-address", ray_address],
-        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=280,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    manifest = read_manifest(Path(proc.stdout.strip().splitlines()[-1]))
-    assert manifest["counts"]["kept"] > 300 and manifest["counts"]["sources"]["builtin"]["in"] > 600
+def test_tiny_config_data_stage_runs_from_the_command_line(tiny_out):
+    """tiny_out is the suite's `gpt1 data configs/tiny.yaml`; the same config finds its output by key."""
+    outcome = run_data(CONFIGS / "tiny.yaml", f"run.out_dir={tiny_out}")
+    assert outcome.status == "skipped"
+    counts = outcome.manifest["counts"]
+    assert counts["kept"] > 300 and counts["sources"]["builtin"]["in"] > 600
 
 
 def test_an_added_or_edited_file_changes_the_key_and_is_read(ray_address, tmp_path, write_config):

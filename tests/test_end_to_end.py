@@ -1,5 +1,5 @@
-"""`gpt1 run` from raw text to the report on a miniature config: every stage completes, the report
-scores every task, a rerun skips everything, and a run killed during pretraining completes."""
+"""`gpt1 run` from raw text to the report on a miniature config: a run killed during pretraining
+completes when rerun, every stage is done, the report scores every task, and a rerun skips everything."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import GPT1
 
@@ -25,8 +23,8 @@ data:
 tokenizer: {merges: 300}
 shards: {seq_len: 64, shard_tokens: 50000}
 model: {preset: debug, n_positions: 64}
-train: {global_batch: 8, micro_batch: 8, max_steps: 20, lr: 1.0e-3, warmup_steps: 2, log_every: 2, eval_every: 10,
-        eval_batches: 2, checkpoint_every: 10}
+train: {global_batch: 8, micro_batch: 8, max_steps: 30, lr: 1.0e-3, warmup_steps: 2, log_every: 2, eval_every: 10,
+        eval_batches: 2, checkpoint_every: 5}
 eval:
   tasks: [{name: proxy_shuffle}, {name: proxy_next}]
   epochs: 1
@@ -42,32 +40,36 @@ def gpt1_run(config: Path, out: Path, ray_address: str, *args: str) -> list[str]
     return [GPT1, "run", str(config), "--set", f"run.out_dir={out}", "--ray-address", ray_address, *args]
 
 
-@pytest.fixture(scope="module")
-def miniature(tmp_path_factory) -> Path:
-    config = tmp_path_factory.mktemp("config") / "mini.yaml"
+def test_a_run_killed_during_pretraining_completes_to_a_report_then_skips_everything(ray_address, tmp_path):
+    config, out = tmp_path / "mini.yaml", tmp_path / "out"
     config.write_text(MINIATURE)
-    return config
-
-
-@pytest.fixture(scope="module")
-def run_out(tmp_path_factory) -> Path:
-    """One output folder for both runs: the second reuses the data, tokenizer and shards stages of
-    whichever ran first, as a user's rerun with other training settings would."""
-    return tmp_path_factory.mktemp("mini-out")
-
-
-def test_run_goes_from_raw_text_to_a_report_then_skips_everything(miniature, ray_address, run_out):
     env = {**os.environ, "COLUMNS": "250"}
-    proc = subprocess.run(gpt1_run(miniature, run_out, ray_address), capture_output=True, text=True, env=env)
+    pretrain, log = out / "mini" / "pretrain", tmp_path / "killed.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(gpt1_run(config, out, ray_address), stdout=subprocess.DEVNULL, stderr=stderr,
+                                env=env, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and not list(pretrain.glob("*/checkpoints/latest")):
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (folder,) = [p for p in pretrain.iterdir() if p.is_dir()]
+    assert not (folder / "manifest.json").exists(), "pretraining finished before it was killed"
+    assert all(f"{name}: done in" in log.read_text() for name in STAGES[:3]), log.read_text()
+
+    proc = subprocess.run(gpt1_run(config, out, ray_address), capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from {folder / 'checkpoints'}" in " ".join(proc.stderr.split())
+    assert json.loads((folder / "result.json").read_text())["steps"] == 30
     html = Path(proc.stdout.strip().splitlines()[-1])
     assert html.name == "report.html" and html.is_file()
-    stages = json.loads((run_out / "mini" / "stages.json").read_text())
+    stages = json.loads((out / "mini" / "stages.json").read_text())
     assert sorted(stages) == sorted(STAGES)
     for name in STAGES:
         manifest = json.loads((Path(stages[name]["dir"]) / "manifest.json").read_text())
-        assert manifest["stage"] == name and stages[name]["status"] == "done"
-    for name, summary in (("data", r"documents kept"), ("pretrain", r"20 steps, val perplexity [\d.]+"),
+        assert manifest["stage"] == name
+        assert stages[name]["status"] == ("skipped" if name in STAGES[:3] else "done")  # done by the killed run
+    for name, summary in (("data", r"documents kept"), ("pretrain", r"30 steps, val perplexity [\d.]+"),
                           ("eval", r"2 tasks")):  # fmt: skip
         assert re.search(rf"{name}\s.*{summary}", proc.stderr), proc.stderr
 
@@ -78,40 +80,15 @@ def test_run_goes_from_raw_text_to_a_report_then_skips_everything(miniature, ray
     page = html.read_text()
     assert page.count("data:image/png;base64,") == 4 and "<table>" in page and "src='figure" not in page
 
-    manual = subprocess.run([GPT1, "report", str(run_out / "mini")], capture_output=True, text=True)
-    assert manual.returncode == 0 and manual.stdout.strip() == str(run_out / "mini/report/latest/report.html")
+    manual = subprocess.run([GPT1, "report", str(out / "mini")], capture_output=True, text=True)
+    assert manual.returncode == 0 and manual.stdout.strip() == str(out / "mini/report/latest/report.html")
     assert "Miniature run" in Path(manual.stdout.strip()).read_text()  # the run's report settings are kept
 
     t0 = time.monotonic()
-    again = subprocess.run(gpt1_run(miniature, run_out, ray_address), capture_output=True, text=True, env=env)
+    again = subprocess.run(gpt1_run(config, out, ray_address), capture_output=True, text=True, env=env)
     assert again.returncode == 0 and Path(again.stdout.strip().splitlines()[-1]) == html
     assert [f"{name}: skipped" in " ".join(again.stderr.split()) for name in STAGES] == [True] * len(STAGES)
     assert time.monotonic() - t0 < 30
-
-
-def test_a_run_killed_during_pretraining_completes_when_rerun(miniature, ray_address, run_out):
-    args = ["--set", "train.max_steps=60", "--set", "train.checkpoint_every=5"]
-    pretrain = run_out / "mini" / "pretrain"
-    before = set(pretrain.iterdir()) if pretrain.is_dir() else set()
-    proc = subprocess.Popen(gpt1_run(miniature, run_out, ray_address, *args), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-
-    def started() -> list[Path]:  # this run's pretraining folder, once it holds a checkpoint
-        return [p for p in pretrain.glob("*") if p not in before and (p / "checkpoints/latest").is_file()]
-
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None and not started():
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    (folder,) = [p for p in pretrain.iterdir() if p.is_dir() and p not in before]
-    assert not (folder / "manifest.json").exists(), "pretraining finished before it was killed"
-
-    rerun = subprocess.run(gpt1_run(miniature, run_out, ray_address, *args), capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resumed from" in rerun.stderr and (folder / "manifest.json").is_file()
-    assert json.loads((folder / "result.json").read_text())["steps"] == 60
-    assert Path(rerun.stdout.strip().splitlines()[-1]).is_file()
 
 
 def test_report_of_a_folder_that_is_not_a_run_is_one_line(tmp_path):

@@ -116,14 +116,13 @@ def test_verify_rejects_ids_beyond_the_vocabulary(shards, tmp_path):
 
 
 def test_build_is_identical_whatever_the_number_of_workers(shards, tiny_out, ray_address):
+    """The reference was built by one worker per CPU of the suite's 2-CPU cluster; this by one."""
     folder, _ = shards
     reference = (folder / "index.json").read_text()
-    for workers in ("1", "2"):
-        shutil.rmtree(folder.parent / "cache")
-        proc = build_shards(tiny_out, ray_address, "--force", "--set", f"shards.num_workers={workers}")
-        again, manifest = built(proc)
-        assert again == folder and manifest["encoded"]["reused"] == 0
-        assert (folder / "index.json").read_text() == reference
+    shutil.rmtree(folder.parent / "cache")
+    again, manifest = built(build_shards(tiny_out, ray_address, "--force", "--set", "shards.num_workers=1"))
+    assert again == folder and manifest["encoded"]["reused"] == 0
+    assert (folder / "index.json").read_text() == reference
 
 
 def test_a_new_tokenizer_reencodes_everything(shards, tiny_out, ray_address):

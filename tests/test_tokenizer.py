@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.builtin import builtin_units, read_builtin
+from tests.conftest import GPT1
 from tokenizer.bpe import SPECIALS, BPETokenizer, TokenizerError
 from tokenizer.config import TokenizerConfig
 from tokenizer.stats import corpus_stats
 from tokenizer.train import train
 
-GPT1 = str(Path(sys.executable).with_name("gpt1"))
 MERGES = 400
 
 VARIED = [

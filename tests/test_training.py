@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -108,40 +109,67 @@ def test_two_process_deepspeed_run_lowers_the_loss(trained):
     assert any((trained / "tensorboard").iterdir())
 
 
-def test_kill_9_then_rerun_reproduces_the_uninterrupted_loss_curve(trained, tiny_shards, tmp_path):
-    out = tmp_path / "killed"
-    root, writing = out / "checkpoints", out / "checkpoints" / "step-00000020.tmp"
-    ports = free_port(), free_port()
-    killed_at = kill_when(launch(write_job(tiny_shards, out), port=ports[0]), out, writing.is_dir)
-    # Killed while step 20 was being written (unless its rename won the race): never taken as latest.
-    assert killed_at == 10 if writing.exists() else killed_at in (10, 20)
+@dataclass
+class Interrupted:
+    """One run stopped twice on its way to the end, and what each stop left."""
 
-    output = finish(launch(out / "job.json", port=ports[1]))
-    assert f"resumed from {root / f'step-{killed_at:08d}'}" in output
-    assert curve(out) == curve(trained)  # loss, lr, grad norm and val loss, step by step, bit for bit
-    assert not list(root.glob("*.tmp"))
-    assert not shared_memory_left(ports[0]) and not shared_memory_left(ports[1])  # killed or finished
+    out: Path
+    signalled_at: int  # the last step logged when SIGTERM was sent
+    stopped_at: int  # the checkpoint SIGTERM left
+    stopped: subprocess.CompletedProcess
+    left_by_stop: list[str]  # result.json or unfinished checkpoints, if the stopped run left any
+    killed_at: int  # the latest finished checkpoint after SIGKILL
+    killed_while_writing: bool  # whether the checkpoint being written was left unfinished
+    resumed: str  # the output of the run that finished
+    ports: tuple[int, int]  # of the killed run and of the run that finished
 
 
-def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_on_the_same_curve(trained, tiny_shards, tmp_path):
-    out = tmp_path / "stopped"
+@pytest.fixture(scope="module")
+def interrupted(tiny_shards, tmp_path_factory) -> Interrupted:
+    """The uninterrupted run's job, stopped by SIGTERM once its first checkpoint is written, then
+    rerun and killed with SIGKILL while its step-30 checkpoint is being written, then rerun to the end."""
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    root = out / "checkpoints"
     proc = launch(write_job(tiny_shards, out))
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None and not (out / "checkpoints" / LATEST).is_file():
+    while time.monotonic() < deadline and proc.poll() is None and not (root / LATEST).is_file():
         time.sleep(0.02)
     done = [json.loads(line) for line in (out / "metrics.jsonl").read_text().split("\n")[:-1]]  # whole lines
     signalled_at = max(r["step"] for r in done if r["split"] == "train")
     os.killpg(proc.pid, signal.SIGTERM)  # as a scheduler does: every process of the job
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and not (out / "result.json").exists(), output[-2000:]
-    assert "stopped by a signal at step" in output
-    stopped_at = int((out / "checkpoints" / LATEST).read_text().removeprefix("step-"))
-    # The ranks agree on it one step later (the all-reduce runs in the background): the step after the one in progress.
-    assert signalled_at < stopped_at <= signalled_at + 2 < 40, (signalled_at, stopped_at)
-    assert not list((out / "checkpoints").glob("*.tmp"))
+    stopped = subprocess.CompletedProcess(proc.args, proc.returncode, output)
+    stopped_at = int((root / LATEST).read_text().removeprefix("step-"))
+    left_by_stop = [p.name for p in [*root.glob("*.tmp"), out / "result.json"] if p.exists()]
 
-    finish(launch(out / "job.json"))
-    assert curve(out) == curve(trained)
+    writing, ports = root / "step-00000030.tmp", (free_port(), free_port())
+    killed_at = kill_when(launch(out / "job.json", port=ports[0]), out, writing.is_dir)
+    killed_while_writing = writing.exists()
+    resumed = finish(launch(out / "job.json", port=ports[1]))
+    return Interrupted(out, signalled_at, stopped_at, stopped, left_by_stop, killed_at, killed_while_writing, resumed,
+                       ports)  # fmt: skip
+
+
+def test_sigterm_saves_a_checkpoint_one_step_later_and_stops(interrupted):
+    run = interrupted
+    assert run.stopped.returncode != 0, run.stopped.stdout[-2000:]
+    assert "stopped by a signal at step" in run.stopped.stdout and run.left_by_stop == []
+    # The ranks agree on it one step later (the all-reduce runs in the background): the step after the one in progress.
+    assert run.signalled_at < run.stopped_at <= run.signalled_at + 2 < 20, (run.signalled_at, run.stopped_at)
+
+
+def test_kill_9_never_leaves_an_unfinished_checkpoint_taken_as_latest(interrupted):
+    run = interrupted
+    # Killed while step 30 was being written (unless its rename won the race): never taken as latest.
+    assert run.killed_at == 20 if run.killed_while_writing else run.killed_at in (20, 30)
+    assert f"resumed from {run.out / 'checkpoints' / f'step-{run.killed_at:08d}'}" in run.resumed
+    assert not list((run.out / "checkpoints").glob("*.tmp"))
+    assert not shared_memory_left(run.ports[0]) and not shared_memory_left(run.ports[1])  # killed or finished
+
+
+def test_a_run_stopped_and_killed_ends_on_the_uninterrupted_loss_curve(interrupted, trained):
+    assert json.loads((interrupted.out / "result.json").read_text())["steps"] == 40
+    assert curve(interrupted.out) == curve(trained)  # loss, lr, grad norm and val loss, step by step, bit for bit
 
 
 def test_ranks_agree_on_a_stop_one_step_after_it_is_asked_for():

@@ -8,7 +8,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from training.run import init_process, leave_process_group
+from training.run import exit_now, init_process, leave_process_group
 
 
 def main() -> int:
@@ -28,4 +28,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
