@@ -1,6 +1,8 @@
 # The two commands: `make demo` (the whole mission on configs/tiny.yaml) and `make test`.
 # Both create .venv when missing. torch is installed first, and only when the venv has none, so a
 # GPU user's own CUDA build is kept; override the pin with `make TORCH=torch==X.Y.Z ...`.
+# Bytecode is compiled once at the end on every core (pip compiles file by file on one, which is
+# half the install); the few files some packages ship for newer Pythons fail there, as under pip.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,8 +24,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[dev]"
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --no-compile "$(TORCH)"
+	$(PIP) install --no-compile -e ".[dev]"
+	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null || true
 	touch $(STAMP)
 
 clean:

@@ -78,12 +78,29 @@ def kill_after_first_checkpoint(proc: subprocess.Popen, out: Path) -> int:
     return kill_when(proc, out, (out / "checkpoints" / LATEST).is_file)
 
 
+def gpt1_train(out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`gpt1 train configs/tiny.yaml` into `out` on 2 processes, with TRAIN's settings."""
+    settings = [
+        a for k, v in TRAIN.model_dump(include=TRAIN.model_fields_set).items() for a in ("--set", f"train.{k}={v}")
+    ]
+    cmd = [GPT1, "train", str(CONFIGS / "tiny.yaml"), "--set", f"run.out_dir={out}", "--nproc", "2", *settings, *args]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
 @pytest.fixture(scope="module")
-def trained(tiny_shards, tmp_path_factory) -> Path:
-    """One uninterrupted 2-process run of 40 steps."""
-    out = tmp_path_factory.mktemp("pretrain") / "straight"
-    finish(launch(write_job(tiny_shards, out)))
-    return out
+def trained(tiny_shards, tiny_out, ray_address) -> Path:
+    """One uninterrupted 2-process run of 40 steps: the pretrain stage, started by `gpt1 train`."""
+    proc = gpt1_train(tiny_out, "--ray-address", ray_address)
+    assert proc.returncode == 0, proc.stderr
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def job_like(trained: Path, out: Path) -> Path:
+    """The job of the run in `trained`, writing into `out`."""
+    job = json.loads((trained / "job.json").read_text()) | {"out": str(out)}
+    out.mkdir(parents=True)
+    (out / "job.json").write_text(json.dumps(job))
+    return out / "job.json"
 
 
 def test_two_process_deepspeed_run_lowers_the_loss(trained):
@@ -125,12 +142,12 @@ class Interrupted:
 
 
 @pytest.fixture(scope="module")
-def interrupted(tiny_shards, tmp_path_factory) -> Interrupted:
+def interrupted(trained, tmp_path_factory) -> Interrupted:
     """The uninterrupted run's job, stopped by SIGTERM once its first checkpoint is written, then
     rerun and killed with SIGKILL while its step-30 checkpoint is being written, then rerun to the end."""
     out = tmp_path_factory.mktemp("interrupted") / "run"
     root = out / "checkpoints"
-    proc = launch(write_job(tiny_shards, out))
+    proc = launch(job_like(trained, out))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and not (root / LATEST).is_file():
         time.sleep(0.02)
@@ -307,20 +324,12 @@ def test_a_bad_job_is_one_line_and_exit_2(tiny_shards, tmp_path):
     assert "global_batch (16) is not a multiple of train.micro_batch (3)" in proc.stderr
 
 
-def gpt1_train(out: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [GPT1, "train", str(CONFIGS / "tiny.yaml"), "--set", f"run.out_dir={out}", "--set", "train.max_steps=6",
-           "--set", "train.eval_every=3", *args]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True)
-
-
-def test_train_command_runs_the_stage_once_and_then_skips_it(tiny_shards, tiny_out, ray_address):
-    first = gpt1_train(tiny_out, "--ray-address", ray_address)
-    assert first.returncode == 0, first.stderr
-    folder = Path(first.stdout.strip().splitlines()[-1])
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["result"]["steps"] == 6 and manifest["inputs"].keys() == {"tokenizer", "shards"}
+def test_train_command_runs_the_stage_once_and_then_skips_it(trained, tiny_out, ray_address):
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert manifest["result"]["steps"] == 40 and manifest["inputs"].keys() == {"tokenizer", "shards"}
     again = gpt1_train(tiny_out, "--ray-address", ray_address, "--resume")
     assert again.returncode == 0 and "pretrain: skipped" in " ".join(again.stderr.split())
+    assert Path(again.stdout.strip().splitlines()[-1]) == trained
 
 
 @pytest.mark.parametrize(
