@@ -74,10 +74,6 @@ def kill_when(proc: subprocess.Popen, out: Path, ready: Callable[[], bool]) -> i
     return int((out / "checkpoints" / LATEST).read_text().removeprefix("step-"))
 
 
-def kill_after_first_checkpoint(proc: subprocess.Popen, out: Path) -> int:
-    return kill_when(proc, out, (out / "checkpoints" / LATEST).is_file)
-
-
 def gpt1_train(out: Path, *args: str) -> subprocess.CompletedProcess:
     """`gpt1 train configs/tiny.yaml` into `out` on 2 processes, with TRAIN's settings."""
     settings = [
@@ -244,12 +240,16 @@ def epoch_shards(tiny_shards, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_resume_on_2_then_1_then_2_processes_continues_the_epoch(epoch_shards, tmp_path):
-    """Without dropout, runs on 1 and 2 processes differ only in the order gradients are summed."""
+    """Without dropout, runs on 1 and 2 processes differ only in the order gradients are summed.
+    The first 8 steps on 2 processes are the uninterrupted run's: its first checkpoint and its
+    metrics, which resuming cuts back to that step."""
     straight = tmp_path / "straight"
     finish(launch(write_job(epoch_shards, straight, EPOCH, dropout=0.0)))
     out = tmp_path / "elastic"
-    job = write_job(epoch_shards, out, EPOCH, dropout=0.0)
-    first = kill_after_first_checkpoint(launch(job, 2), out)
+    job, first = write_job(epoch_shards, out, EPOCH, dropout=0.0), EPOCH.checkpoint_every
+    shutil.copytree(straight / "checkpoints" / tag(first), out / "checkpoints" / tag(first))
+    (out / "checkpoints" / LATEST).write_text(tag(first))
+    shutil.copy(straight / "metrics.jsonl", out)
     second = kill_when(launch(job, 1), out, lambda: (out / "checkpoints" / LATEST).read_text() != tag(first))
     output = finish(launch(job, 2))
     assert "written with world_size 1, zero_stage 1, precision fp32; resuming with world_size 2" in output
