@@ -1,15 +1,19 @@
-"""Fine-tuning and scoring throughput: batches of one length against the plain shuffle, same task.
+"""Fine-tuning and scoring throughput: the old path against ours, same task, same process.
 
-    python -m bench.eval [--config configs/tiny.yaml] [--task proxy_shuffle] [--seeds 0,1]
+    python -m bench.eval [--config configs/tiny.yaml] [--tasks proxy_shuffle,proxy_order] [--seeds 0,1]
 
-Fine-tunes one task of the config from its run's pretrained checkpoint (the `full` variant:
-pretrained, with the auxiliary loss), once per seed along each path, in this one process: `plain`
-is the plain shuffle (`eval.length_buckets: 0`) scored `micro_batch` examples at a time, as
-fine-tuning ran before length buckets; `ours` is the config as it is. (Both skip the LM head when
-scoring, so the scoring ratio is that of the batch size alone.) Prints examples/s of
-fine-tuning and of scoring, the ratio, where the time goes (set-up, data, forward, backward,
-optimizer, scoring; from cProfile, whose overhead both paths pay), and each path's dev scores with
-their spread over the seeds. Needs the run's pretrain stage (`gpt1 train CONFIG`).
+Fine-tunes each task from the run's pretrained checkpoint (the `full` variant: pretrained, with
+the auxiliary loss), once per seed along each path:
+- `old`, fine-tuning as it first ran: the plain shuffle (`eval.length_buckets: 0`), each sequence
+  in a row of its own (a multiple-choice context once per choice), the LM head projecting every
+  position (padding and extract tokens too) in training and in scoring, and scoring
+  `micro_batch` examples at a time;
+- `ours`, the config as it is: batches of about one length, an example's sequences in one row
+  that holds their shared beginning once, the LM head only where there is a next token and never
+  when scoring, scoring `score_batch` examples at a time under inference mode.
+Prints examples/s of fine-tuning and of scoring, the ratio, where the time goes (set-up, data,
+forward, backward, optimizer, scoring; from cProfile, whose overhead both paths pay), and each
+path's dev scores with their spread over the seeds. Needs the run's pretrain stage (`gpt1 train CONFIG`).
 """
 
 from __future__ import annotations
@@ -21,16 +25,19 @@ import pstats
 import statistics
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 from eval.config import EvalConfig
 from eval.evaluate import encoded_task
 from eval.finetune import finetune
+from eval.heads import TaskModel, TaskOutput
+from eval.transforms import Batch, collate
 from launch.config import load_config
 from tokenizer.bpe import BPETokenizer
 from training.checkpoint import load_weights, resolve
-from training.model import GPT
+from training.model import GPT, lm_loss
 from training.run import init_process
 
 # Where the time goes: (label, file suffix, function) whose cumulative time cProfile reports.
@@ -39,12 +46,42 @@ PARTS = [("set-up", "training/engine.py", "build_engine"), ("data", "eval/finetu
          ("optimizer", "deepspeed/runtime/engine.py", "step"), ("scoring", "eval/finetune.py", "score")]  # fmt: skip
 
 
+def unpacked(encoded: list[list[list[int]]], labels: list[float], pad: int, regression: bool) -> Batch:
+    """A batch as fine-tuning first built one: every sequence in a row of its own, (B, S, T)."""
+    T = max(len(seq) for seqs in encoded for seq in seqs)
+    tokens = torch.full((len(encoded), len(encoded[0]), T), pad, dtype=torch.long)
+    targets = torch.full_like(tokens, -1)
+    extract = torch.zeros(tokens.shape[:2], dtype=torch.long)
+    for b, seqs in enumerate(encoded):
+        for s, seq in enumerate(seqs):
+            tokens[b, s, : len(seq)], targets[b, s, : len(seq) - 1] = torch.tensor(seq), torch.tensor(seq[1:])
+            extract[b, s] = len(seq) - 1
+    return Batch(tokens, None, None, extract, targets, None, torch.tensor(labels, dtype=torch.float if regression
+                                                                           else torch.long))  # fmt: skip
+
+
+class EveryPosition(TaskModel):
+    """The task model as it first ran, on `unpacked` batches: the LM head projects every position of
+    every sequence, in training and in scoring, and the loss then ignores padding."""
+
+    def forward(self, tokens: torch.Tensor, positions: None, segments: None, extract: torch.Tensor,
+                lm_targets: torch.Tensor | None = None, lm_weights: None = None) -> TaskOutput:  # fmt: skip
+        B, S, T = tokens.shape
+        out = self.gpt(tokens.view(B * S, T))
+        h = out.hidden[torch.arange(B * S, device=tokens.device), extract.view(-1)].view(B, S, -1)
+        head = self.head(self.dropout(h if self.kind == "multiple_choice" else h.sum(dim=1)))
+        scores = head.squeeze(-1) if self.kind == "multiple_choice" else head
+        lm = None if lm_targets is None else lm_loss(out.logits, lm_targets.view(B * S, T))
+        return TaskOutput(scores, lm)
+
+
 def cumulative(stats: pstats.Stats, suffix: str, function: str) -> float:
     """Seconds spent in a function and what it calls (outermost calls only)."""
     return sum(row[3] for (file, _, name), row in stats.stats.items() if file.endswith(suffix) and name == function)
 
 
-def run(cfg: EvalConfig, task_name: str, run_dir: Path, seeds: list[int]) -> list[dict]:
+def run(cfg: EvalConfig, task_name: str, run_dir: Path, seeds: list[int], device: torch.device) -> list[dict]:
+    """One fine-tune per path and seed of one task; each row its time, parts and dev scores."""
     stages = json.loads((run_dir / "stages.json").read_text())
     if "pretrain" not in stages:
         raise SystemExit(f"error: {run_dir} has no pretrain stage: run gpt1 train on this config first")
@@ -55,57 +92,67 @@ def run(cfg: EvalConfig, task_name: str, run_dir: Path, seeds: list[int]) -> lis
     if task_cfg is None:
         raise SystemExit(f"error: {task_name} is not one of the config's eval.tasks")
     task, _, train, evals = encoded_task(task_cfg, tok, model_cfg.n_positions, Path(stages["data"]["dir"]))
-    device = init_process()
-    paths = {"plain": cfg.model_copy(update={"length_buckets": 0, "score_batch": cfg.micro_batch}), "ours": cfg}
+    old = cfg.model_copy(update={"length_buckets": 0, "score_batch": cfg.micro_batch})
+    paths = {"old": (old, EveryPosition, unpacked), "ours": (cfg, TaskModel, collate)}
     rows = []
-    for label, path_cfg in paths.items():
+    for label, (path_cfg, model_class, collate_fn) in paths.items():
         for seed in seeds:
             torch.manual_seed(seed)
             gpt = GPT(model_cfg)
             gpt.load_state_dict(weights)
             profile = cProfile.Profile()
             t0 = time.perf_counter()
-            scores = profile.runcall(finetune, task, gpt, train, evals, path_cfg, seed, cfg.lm_coef, device)
+            with mock.patch("eval.finetune.TaskModel", model_class), mock.patch("eval.finetune.collate", collate_fn):
+                scores = profile.runcall(finetune, task, gpt, train, evals, path_cfg, seed, cfg.lm_coef, device)
             seconds = time.perf_counter() - t0
             stats = pstats.Stats(profile)
             parts = {name: cumulative(stats, suffix, function) for name, suffix, function in PARTS}
             scored = sum(len(data) for data in evals.values())
-            rows.append({"path": label, "seed": seed, "seconds": seconds, "parts": parts,
+            rows.append({"task": task_name, "path": label, "seed": seed, "seconds": seconds, "parts": parts,
                          "train_per_s": len(train) * path_cfg.epochs / (seconds - parts["scoring"]),
                          "score_per_s": scored / parts["scoring"],
-                         "score": {name: s[task.metric] for name, s in scores.items()}})  # fmt: skip
-            print(f"{label} seed {seed}: {seconds:.1f} s, {rows[-1]['score']}", flush=True)
+                         "score": scores[task.name][task.metric]})  # fmt: skip
+            print(f"{task_name} {label} seed {seed}: {seconds:.1f} s, {task.metric} {rows[-1]['score']:.2f}",
+                  flush=True)  # fmt: skip
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/tiny.yaml")
-    parser.add_argument("--task", default="proxy_shuffle")
+    parser.add_argument("--tasks", help="comma-separated (default: every task of the config's eval section)")
     parser.add_argument("--seeds", default="0,1", help="comma-separated")
     args = parser.parse_args()
     cfg = load_config(args.config)
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = run(cfg.eval, args.task, cfg.run_dir, seeds)
+    names = args.tasks.split(",") if args.tasks else [t.name for t in cfg.eval.tasks]
+    device = init_process()
+    rows = [row for name in names for row in run(cfg.eval, name, cfg.run_dir, seeds, device)]
 
-    print(f"\n{args.task} from {cfg.run_dir}, {args.config}'s eval section, seeds {seeds}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
-    print(f"{'path':<7}{'train ex/s':>11}{'score ex/s':>11}" + "".join(f"{name:>11}" for name, _, _ in PARTS)
-          + f"{'total s':>9}  dev scores (mean ± spread)")  # fmt: skip
-    summary = {}
-    for label in ("plain", "ours"):
-        mine = [r for r in rows if r["path"] == label]
-        mean = {key: statistics.fmean(r[key] for r in mine) for key in ("train_per_s", "score_per_s", "seconds")}
-        parts = {name: statistics.fmean(r["parts"][name] for r in mine) for name, _, _ in PARTS}
-        scores = {name: [r["score"][name] for r in mine] for name in mine[0]["score"]}
-        spread = {name: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for name, v in scores.items()}
-        summary[label] = mean
-        print(f"{label:<7}{mean['train_per_s']:>11.1f}{mean['score_per_s']:>11.1f}"
-              + "".join(f"{parts[name]:>11.1f}" for name, _, _ in PARTS) + f"{mean['seconds']:>9.1f}  "
-              + "; ".join(f"{name} {m:.2f} ± {s:.2f}" for name, (m, s) in spread.items()))  # fmt: skip
-    print(f"ratio ours / plain: fine-tuning {summary['ours']['train_per_s'] / summary['plain']['train_per_s']:.2f}×, "
-          f"scoring {summary['ours']['score_per_s'] / summary['plain']['score_per_s']:.2f}×, "
-          f"whole run {summary['plain']['seconds'] / summary['ours']['seconds']:.2f}×")  # fmt: skip
+    print(f"\n{cfg.run_dir}, {args.config}'s eval section, seeds {seeds}, {torch.get_num_threads()} threads")
+    print(f"{'task':<16}{'path':<6}{'train ex/s':>11}{'score ex/s':>11}"
+          + "".join(f"{name:>10}" for name, _, _ in PARTS) + f"{'total s':>9}  dev score (mean ± spread)")  # fmt: skip
+    totals = {"old": 0.0, "ours": 0.0}
+    for name in names:
+        mean = {}
+        for label in ("old", "ours"):
+            mine = [r for r in rows if r["task"] == name and r["path"] == label]
+            mean[label] = {key: statistics.fmean(r[key] for r in mine)
+                           for key in ("train_per_s", "score_per_s", "seconds")}  # fmt: skip
+            parts = {part: statistics.fmean(r["parts"][part] for r in mine) for part, _, _ in PARTS}
+            scores = [r["score"] for r in mine]
+            spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
+            totals[label] += mean[label]["seconds"]
+            print(f"{name:<16}{label:<6}{mean[label]['train_per_s']:>11.1f}{mean[label]['score_per_s']:>11.1f}"
+                  + "".join(f"{parts[part]:>10.1f}" for part, _, _ in PARTS)
+                  + f"{mean[label]['seconds']:>9.1f}  {statistics.fmean(scores):.2f} ± {spread:.2f}")  # fmt: skip
+        print(f"{name:<16}ours / old: fine-tuning {mean['ours']['train_per_s'] / mean['old']['train_per_s']:.2f}×, "
+              f"scoring {mean['ours']['score_per_s'] / mean['old']['score_per_s']:.2f}×, "
+              f"whole run {mean['old']['seconds'] / mean['ours']['seconds']:.2f}×")  # fmt: skip
+    print(
+        f"every task, one seed: old {totals['old']:.0f} s, ours {totals['ours']:.0f} s, "
+        f"{totals['old'] / totals['ours']:.2f}×"
+    )
 
 
 if __name__ == "__main__":

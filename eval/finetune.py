@@ -24,7 +24,7 @@ from eval.config import EvalConfig
 from eval.heads import TaskModel, loss, predictions
 from eval.metrics import METRICS
 from eval.tasks import Example, Task, TaskDataError
-from eval.transforms import Batch, collate, encode
+from eval.transforms import Batch, collate, encode, row_length
 from pipeline.progress import progress_bar
 from tokenizer.bpe import BPETokenizer
 from training.config import DeepSpeedConfig, TrainConfig
@@ -48,8 +48,8 @@ class Encoded:
         return len(self.labels)
 
     def lengths(self) -> np.ndarray:
-        """Each example's longest sequence: what its batch is padded to."""
-        return np.array([max(len(seq) for seq in seqs) for seqs in self.sequences])
+        """Each example's row length: what its batch is padded to."""
+        return np.array([row_length(seqs) for seqs in self.sequences])
 
     def batches(self, indices: list[int] | np.ndarray, size: int) -> Iterator[Batch]:
         for at in range(0, len(indices), size):
@@ -99,7 +99,7 @@ def score(engine: torch.nn.Module, data: Encoded, task: Task, batch_size: int,
     order = np.argsort(data.lengths(), kind="stable")
     preds = torch.empty(len(data), dtype=torch.float if data.regression else torch.long)
     for at, batch in zip(range(0, len(order), batch_size), data.batches(order, batch_size)):
-        out = engine(batch.tokens.to(device), batch.extract.to(device))
+        out = engine(*batch.to(device).inputs())
         preds[order[at : at + batch_size]] = predictions(out.scores, data.regression).cpu()
     engine.train()
     return {m: METRICS[m](preds.numpy(), np.asarray(data.labels)) for m in (task.metric, *task.extra_metrics)}
@@ -129,8 +129,8 @@ def finetune(task: Task, gpt: GPT, train: Encoded, evals: dict[str, Encoded], cf
         for epoch in range(cfg.epochs):
             order = epoch_order(lengths, cfg.batch_size, seed, epoch, cfg.length_buckets)
             for batch in train.batches(order, cfg.micro_batch):
-                batch = Batch(*(t.to(device) for t in batch))
-                out = engine(batch.tokens, batch.extract, batch.lm_targets if lm_coef else None)
+                batch = batch.to(device)
+                out = engine(*batch.inputs(lm=bool(lm_coef)))
                 engine.backward(loss(out, batch, train.regression, lm_coef))
                 engine.step()  # the optimizer steps once per batch_size / micro_batch micro-batches
                 progress.advance(bar, 1 / accumulation)

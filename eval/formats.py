@@ -174,7 +174,7 @@ def read_proxy(task: Task, folder: Path, split: str) -> list[Example]:
 READERS = {
     **dict.fromkeys(GLUE_COLUMNS, read_glue), "cola": read_glue, "snli": read_snli, "scitail": read_scitail,
     "race": read_race, "story_cloze": read_story_cloze, **dict.fromkeys(
-        ("proxy_shuffle", "proxy_continue", "proxy_samedoc", "proxy_next"), read_proxy),
+        ("proxy_shuffle", "proxy_continue", "proxy_samedoc", "proxy_next", "proxy_order"), read_proxy),
 }  # fmt: skip
 
 

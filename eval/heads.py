@@ -19,7 +19,7 @@ from torch import nn
 
 from eval.tasks import Kind
 from eval.transforms import Batch
-from training.model import GPT, lm_loss
+from training.model import GPT
 
 
 class TaskOutput(NamedTuple):
@@ -36,24 +36,26 @@ class TaskModel(nn.Module):
         nn.init.normal_(self.head.weight, std=gpt.cfg.init_std)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, tokens: torch.Tensor, extract: torch.Tensor,
-                lm_targets: torch.Tensor | None = None) -> TaskOutput:  # fmt: skip
-        """tokens: (B, S, T) ids; extract: (B, S) positions of the extract tokens; lm_targets: (B, S, T)
-        next tokens (-1 for none), for the auxiliary LM loss. The LM head projects only the positions
-        that have a next token: padding and the extract token never reach the vocabulary, and
-        scoring, or training without the auxiliary loss, skips the head altogether."""
-        B, S, T = tokens.shape
-        hidden = self.gpt(tokens.view(B * S, T), logits=False).hidden  # (B * S, T, C)
-        h = hidden[torch.arange(B * S, device=tokens.device), extract.view(-1)].view(B, S, -1)  # (B, S, C)
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, segments: torch.Tensor | None,
+                extract: torch.Tensor, lm_targets: torch.Tensor | None = None,
+                lm_weights: torch.Tensor | None = None) -> TaskOutput:  # fmt: skip
+        """A batch's rows (`eval.transforms.Batch`): tokens, positions and segments (B, T); extract
+        (B, S), where each sequence's extract token is; lm_targets and lm_weights (B, T), the next
+        tokens (-1 for none) and how many sequences hold each, for the auxiliary LM loss. The LM head
+        projects only the tokens that have a next token: padding and extract tokens never reach the
+        vocabulary, and scoring, or training without the auxiliary loss, skips the head altogether."""
+        hidden = self.gpt(tokens, logits=False, positions=positions, segments=segments).hidden  # (B, T, C)
+        h = hidden[torch.arange(tokens.size(0), device=tokens.device)[:, None], extract]  # (B, S, C)
         if self.kind == "multiple_choice":
             scores = self.head(self.dropout(h)).squeeze(-1)  # (B, S): one score per choice
         else:
             scores = self.head(self.dropout(h.sum(dim=1)))  # similarity sums both orders; others have S = 1
         lm = None
         if lm_targets is not None:
-            targets = lm_targets.view(B * S, T)
-            has_next = targets >= 0
-            lm = lm_loss(self.gpt.lm_head(hidden[has_next]), targets[has_next])
+            has_next = lm_targets >= 0
+            losses = F.cross_entropy(self.gpt.lm_head(hidden[has_next]).float(), lm_targets[has_next], reduction="none")
+            weights = lm_weights[has_next]
+            lm = (losses * weights).sum() / weights.sum()  # the mean over every sequence's tokens
         return TaskOutput(scores, lm)
 
 

@@ -1,4 +1,4 @@
-"""Offline proxy tasks, one of each kind, built deterministically from the held-out validation
+"""Offline proxy tasks, at least one of each kind, built deterministically from the held-out validation
 documents of the data stage, so a run with no network still fine-tunes on real text.
 
 Documents are split into sentences (4 to 60 words). Every fifth document (by position) goes to
@@ -11,12 +11,17 @@ same split. Each needs a model of how text flows, which is what pretraining teac
     proxy_samedoc   similarity: two sentences from the same document, or from two documents
     proxy_next      multiple choice: two consecutive sentences; pick the next one among it and
                     three sentences from other documents
+    proxy_order     multiple choice: a sentence; pick the next one as written among it and three
+                    orderings of its words
 
 The two-class tasks are balanced by construction: each sentence gives one positive and one
 negative example (its own words shuffled; a sentence of its document and one of another; its true
 continuation and another's), so only the relation between the parts tells them apart, not the
-sentence itself. Choices and distractors are drawn with a generator seeded by the task's name and
-split; each split is capped at MAX_EXAMPLES examples.
+sentence itself; in proxy_order every choice holds the same words, so only their order counts.
+proxy_shuffle and proxy_order need word order, the other three how sentences and documents hang
+together: a model as small as the embedded default's learns the former from pretraining and not
+the latter. Choices and distractors are drawn with a generator seeded by the task's name and split;
+each split is capped at MAX_EXAMPLES examples.
 """
 
 from __future__ import annotations
@@ -69,13 +74,23 @@ def _elsewhere(docs: list[list[str]], d: int, rng: random.Random) -> str:
     return rng.choice(docs[other])
 
 
-def _shuffled(sentence: str, rng: random.Random) -> str:
+def _shuffled(sentence: str, rng: random.Random, avoid: tuple[str, ...] = ()) -> str:
+    """The sentence's words in a random order other than `sentence` and `avoid`, where 10 tries find one."""
     words = sentence.split()
     for _ in range(10):
         rng.shuffle(words)
-        if " ".join(words) != sentence:
+        if " ".join(words) != sentence and " ".join(words) not in avoid:
             break
     return " ".join(words)
+
+
+def _orderings(sentence: str, rng: random.Random) -> tuple[str, ...]:
+    """The sentence and CHOICES - 1 other orderings of its words, in random order."""
+    choices = [sentence]
+    while len(choices) < CHOICES:
+        choices.append(_shuffled(sentence, rng, tuple(choices)))
+    rng.shuffle(choices)
+    return tuple(choices)
 
 
 def proxy_examples(name: str, folder: Path, split: str) -> list[Example]:
@@ -92,6 +107,10 @@ def proxy_examples(name: str, folder: Path, split: str) -> list[Example]:
             elif name == "proxy_samedoc":
                 partner = rng.choice([s for j, s in enumerate(doc) if j != i])
                 examples += [Example(sentence, partner, label=1), Example(sentence, _elsewhere(docs, d, rng), label=0)]
+            elif name == "proxy_order":
+                if i >= 1:
+                    choices = _orderings(sentence, rng)
+                    examples.append(Example(doc[i - 1], choices=choices, label=choices.index(sentence)))
             elif i >= 2:
                 context = f"{doc[i - 2]} {doc[i - 1]}"
                 if name == "proxy_continue":

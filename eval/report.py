@@ -85,6 +85,8 @@ def results_section(eval_dir: Path) -> list[Block]:
                      "all nine tasks).")  # fmt: skip
     if any(TASKS[r["task"]].glue for r in results):
         notes.append("GLUE tasks are scored here on dev; the paper's GLUE scores are from the test server.")
+    if "full" in variants and "no_pretrain" in variants:
+        notes.append(pretraining_gains(results))
     if len(variants) > 1:
         paper = ", ".join(f"{k} {v}" for k, v in PAPER_ABLATIONS.items())
         notes.append("Ablations: no_pretrain fine-tunes the same architecture from random weights; no_aux drops the "
@@ -93,6 +95,18 @@ def results_section(eval_dir: Path) -> list[Block]:
         notes.append("These are the offline proxy tasks built from this run's validation documents; the paper has "
                      "no numbers for them.")  # fmt: skip
     return blocks + [Block("p", n) for n in notes]
+
+
+def pretraining_gains(results: list[dict[str, Any]]) -> str:
+    """What pretraining buys on each scored split: full minus no_pretrain, beside the larger spread."""
+    gains = []
+    for r in results:
+        for name in r["splits"]:
+            full, random = (r["summary"].get(v, {}).get(name, {}).get(r["metric"]) for v in ("full", "no_pretrain"))
+            if full and random:
+                spread = max(full["std"], random["std"])
+                gains.append(f"{name} {full['mean'] - random['mean']:+.1f} (spread {spread:.1f})")
+    return "Pretrained minus random weights, in points: " + "; ".join(gains) + "."
 
 
 def _figure(plot: Any) -> bytes:

@@ -92,6 +92,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("proxy_samedoc", "similarity", "accuracy", ("different", "same"), scores={"proxy_samedoc": "dev"},
          extra_metrics=("f1",)),
     Task("proxy_next", "multiple_choice", "accuracy", scores={"proxy_next": "dev"}),
+    Task("proxy_order", "multiple_choice", "accuracy", scores={"proxy_order": "dev"}),
 ]}  # fmt: skip
 
 PROXIES = tuple(name for name in TASKS if name.startswith("proxy_"))

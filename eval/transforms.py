@@ -8,9 +8,14 @@ model reads left to right, framed by the tokenizer's start, delimiter and extrac
 
 Too long an input is cut longest part first, so the extract token always stays: a first part
 (text, premise, context) loses tokens from its start, keeping what sits next to the second part
-(e.g. RACE's question), and a second part loses tokens from its end. Batches are padded on the
-right; attention is causal, so padding never changes the states before it, and the LM loss
-ignores it.
+(e.g. RACE's question), and a second part loses tokens from its end.
+
+An example's sequences go into one row of a batch, their common beginning once (a multiple-choice
+context is read once, not once per choice), then the rest of each; attention within the row
+(`training.model.segment_mask`) gives every token the state it has in its own sequence, and the
+LM loss counts a shared token once per sequence that holds it, so scores and losses are those of
+the sequences padded one by one. Rows are padded on the right; attention is causal, so padding
+never changes the states before it, and the LM loss ignores it.
 """
 
 from __future__ import annotations
@@ -24,10 +29,21 @@ from tokenizer.bpe import BPETokenizer
 
 
 class Batch(NamedTuple):
-    tokens: torch.Tensor  # (B, S, T) ids, S sequences per example, padded
-    extract: torch.Tensor  # (B, S) position of each sequence's extract token
-    lm_targets: torch.Tensor  # (B, S, T) next token, -1 where there is none (padding, the last token)
+    tokens: torch.Tensor  # (B, T) ids: one row per example, padded
+    positions: torch.Tensor  # (B, T) each token's position in its own sequence
+    segments: torch.Tensor | None  # (B, T) 0 shared, s + 1 the rest of sequence s; None when S = 1
+    extract: torch.Tensor  # (B, S) where in the row each sequence's extract token is
+    lm_targets: torch.Tensor  # (B, T) next token, -1 where there is none (padding, extract tokens)
+    lm_weights: torch.Tensor  # (B, T) sequences that hold the (token, next token) pair: S when shared
     labels: torch.Tensor  # (B,) class or choice index (long), or score (float)
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t if t is None else t.to(device) for t in self))
+
+    def inputs(self, lm: bool = False) -> tuple[torch.Tensor | None, ...]:
+        """The task model's arguments; with `lm`, the auxiliary LM loss's targets too."""
+        head = (self.tokens, self.positions, self.segments, self.extract)
+        return (*head, self.lm_targets, self.lm_weights) if lm else head
 
 
 def _fit(first: list[int], second: list[int], budget: int) -> tuple[list[int], list[int]]:
@@ -63,18 +79,43 @@ def encode(example: Example, kind: Kind, tok: BPETokenizer, max_len: int) -> lis
     return seqs
 
 
+def shared(seqs: list[list[int]]) -> int:
+    """How many first tokens the sequences share, short of the last one they share: each shared
+    token then has one next token, the same in every sequence. All but the extract token for one."""
+    common = 0
+    for column in zip(*seqs):
+        if any(t != column[0] for t in column):
+            break
+        common += 1
+    return max(common - 1, 0)
+
+
+def row_length(seqs: list[list[int]]) -> int:
+    """Tokens in the example's row: the shared beginning once, then the rest of each sequence."""
+    n = shared(seqs)
+    return n + sum(len(seq) - n for seq in seqs)
+
+
 def collate(encoded: list[list[list[int]]], labels: list[float], pad: int, regression: bool) -> Batch:
-    """Pad a list of examples' sequences into one batch."""
-    n_seq = max(len(seqs) for seqs in encoded)
-    length = max(len(s) for seqs in encoded for s in seqs)
-    tokens = torch.full((len(encoded), n_seq, length), pad, dtype=torch.long)
-    targets = torch.full((len(encoded), n_seq, length), -1, dtype=torch.long)
-    extract = torch.zeros((len(encoded), n_seq), dtype=torch.long)
+    """One row per example (the sequences' shared beginning, then the rest of each), padded to the longest."""
+    n_seq = len(encoded[0])
+    assert all(len(seqs) == n_seq for seqs in encoded), "every example of a task has the same number of sequences"
+    B, T = len(encoded), max(row_length(seqs) for seqs in encoded)
+    tokens = torch.full((B, T), pad, dtype=torch.long)
+    positions, segments = torch.zeros((B, T), dtype=torch.long), torch.full((B, T), -1, dtype=torch.long)
+    targets, weights = torch.full((B, T), -1, dtype=torch.long), torch.zeros((B, T))
+    extract = torch.zeros((B, n_seq), dtype=torch.long)
     for b, seqs in enumerate(encoded):
-        assert len(seqs) == n_seq, "every example of a task has the same number of sequences"
+        n = shared(seqs)
+        first = torch.tensor(seqs[0])
+        tokens[b, :n], positions[b, :n], segments[b, :n] = first[:n], torch.arange(n), 0
+        targets[b, :n], weights[b, :n] = first[1 : n + 1], n_seq
+        at = n
         for s, seq in enumerate(seqs):
-            tokens[b, s, : len(seq)] = torch.tensor(seq)
-            targets[b, s, : len(seq) - 1] = torch.tensor(seq[1:])
-            extract[b, s] = len(seq) - 1
+            rest, end = torch.tensor(seq[n:]), at + len(seq) - n
+            tokens[b, at:end], positions[b, at:end], segments[b, at:end] = rest, torch.arange(n, len(seq)), s + 1
+            targets[b, at : end - 1], weights[b, at : end - 1] = rest[1:], 1.0
+            extract[b, s], at = end - 1, end
     dtype = torch.float if regression else torch.long
-    return Batch(tokens, extract, targets, torch.tensor(labels, dtype=dtype))
+    return Batch(tokens, positions, segments if n_seq > 1 else None, extract, targets, weights,
+                 torch.tensor(labels, dtype=dtype))  # fmt: skip

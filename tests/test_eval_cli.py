@@ -23,29 +23,28 @@ def checkpoint(tiny_shards, tmp_path_factory) -> Path:
 
 def gpt1_eval(out: Path, ray_address: str, *args: str) -> subprocess.CompletedProcess:
     cmd = [GPT1, "eval", str(CONFIGS / "tiny.yaml"), "--set", f"run.out_dir={out}", "--ray-address", ray_address,
-           "--set", "eval.epochs=1", "--set", "eval.ablations=[]", *args]  # fmt: skip
+           "--set", "eval.epochs=1", "--set", "eval.ablations=[]", "--set", "eval.seeds=[0]", *args]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
 def test_eval_from_a_checkpoint_scores_the_chosen_task(checkpoint, tiny_out, ray_address):
-    proc = gpt1_eval(tiny_out, ray_address, "--checkpoint", str(checkpoint), "--tasks", "proxy_next")
+    proc = gpt1_eval(tiny_out, ray_address, "--checkpoint", str(checkpoint), "--tasks", "proxy_order")
     assert proc.returncode == 0, proc.stderr
     folder = Path(proc.stdout.strip().splitlines()[-1])
-    results = json.loads((folder / "proxy_next" / "results.json").read_text())
-    assert results["kind"] == "multiple_choice" and results["splits"]["proxy_next"]["n"] > 0
-    assert [p.name for p in folder.iterdir() if p.is_dir()] == ["proxy_next"]
-    assert "proxy_next" in proc.stderr and "accuracy" in proc.stderr
+    results = json.loads((folder / "proxy_order" / "results.json").read_text())
+    assert results["kind"] == "multiple_choice" and results["splits"]["proxy_order"]["n"] > 0
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == ["proxy_order"]
+    assert "proxy_order" in proc.stderr and "accuracy" in proc.stderr
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert set(manifest["inputs"]) == {"data"} and "proxy_next" in manifest["tasks"]
-    again = gpt1_eval(tiny_out, ray_address, "--checkpoint", str(checkpoint), "--tasks", "proxy_next")
+    assert set(manifest["inputs"]) == {"data"} and "proxy_order" in manifest["tasks"]
+    again = gpt1_eval(tiny_out, ray_address, "--checkpoint", str(checkpoint), "--tasks", "proxy_order")
     assert again.returncode == 0 and "eval: skipped" in " ".join(again.stderr.split())
 
 
 def test_a_task_that_is_not_configured_is_one_line(checkpoint, tiny_out, ray_address):
     proc = gpt1_eval(tiny_out, ray_address, "--checkpoint", str(checkpoint), "--tasks", "rte")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: --tasks: rte not in eval.tasks (proxy_shuffle, proxy_continue, "
-                                   "proxy_samedoc, proxy_next)")  # fmt: skip
+    assert proc.stderr.strip() == "error: --tasks: rte not in eval.tasks (proxy_shuffle, proxy_order)"
 
 
 def test_missing_task_files_are_one_line_naming_the_folder(checkpoint, tiny_out, ray_address, tmp_path):

@@ -4,6 +4,7 @@ layout, and the proxy tasks built from validation documents."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -189,12 +190,24 @@ def val_docs(tmp_path_factory) -> Path:
 
 
 def test_proxy_tasks_are_deterministic_balanced_and_split_by_document(val_docs):
-    for name in ("proxy_shuffle", "proxy_continue", "proxy_samedoc", "proxy_next"):
+    for name in ("proxy_shuffle", "proxy_continue", "proxy_samedoc", "proxy_next", "proxy_order"):
         train, dev = (proxy_examples(name, val_docs, split) for split in ("train", "dev"))
         assert train == proxy_examples(name, val_docs, "train")
         texts = {e.text for e in dev}
         assert not texts & {e.text for e in train}  # dev documents are not in train
-        if name != "proxy_next":  # one positive and one negative per sentence
+        if name not in ("proxy_next", "proxy_order"):  # one positive and one negative per sentence
             assert sum(e.label for e in train) * 2 == len(train)
     (mc,) = proxy_examples("proxy_next", val_docs, "dev")[:1]
     assert len(mc.choices) == 4 and mc.choices[mc.label].split()[1] == mc.text.split()[1]  # same topic word
+
+
+def test_proxy_order_choices_are_the_next_sentence_and_three_other_orderings_of_its_words(val_docs):
+    examples = proxy_examples("proxy_order", val_docs, "train")
+    assert len(examples) == 8 * 5  # 8 train documents, each sentence after the first
+    sentence = re.compile(r"The (\w+) number (\d) stands near the old \1 by the road today\.")
+    for e in examples:
+        answer, context = sentence.fullmatch(e.choices[e.label]), sentence.fullmatch(e.text)
+        assert answer and context and answer[1] == context[1] and int(answer[2]) == int(context[2]) + 1
+        words = {tuple(sorted(choice.split())) for choice in e.choices}
+        assert len(set(e.choices)) == 4 and words == {tuple(sorted(e.choices[e.label].split()))}
+    assert len({e.label for e in examples}) == 4  # the answer is not always in one place

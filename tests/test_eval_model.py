@@ -17,6 +17,7 @@ from eval.config import EvalConfig
 from eval.evaluate import run_eval
 from eval.heads import TaskModel, loss, task_loss
 from eval.metrics import accuracy, f1, glue_average, mcc, pearson, spearman
+from eval.report import results_section
 from eval.tasks import Example
 from eval.transforms import collate, encode
 from tokenizer.config import TokenizerConfig
@@ -69,9 +70,9 @@ def test_collate_pads_right_and_masks_padding_out_of_the_lm_targets(tok):
     encoded = [encode(Example("the river"), "classification", tok, 64), encode(Example("a"), "classification", tok, 64)]
     batch = collate(encoded, [1, 0], tok.specials.pad, regression=False)
     n = len(encoded[1][0])
-    assert batch.tokens.shape == (2, 1, len(encoded[0][0])) and batch.extract[1, 0] == n - 1
-    assert (batch.tokens[1, 0, n:] == tok.specials.pad).all() and (batch.lm_targets[1, 0, n - 1 :] == -1).all()
-    assert batch.lm_targets[0, 0, 0] == encoded[0][0][1]
+    assert batch.tokens.shape == (2, len(encoded[0][0])) and batch.extract[1, 0] == n - 1 and batch.segments is None
+    assert (batch.tokens[1, n:] == tok.specials.pad).all() and (batch.lm_targets[1, n - 1 :] == -1).all()
+    assert batch.lm_targets[0, 0] == encoded[0][0][1] and (batch.positions[1, :n] == torch.arange(n)).all()
 
 
 @pytest.fixture
@@ -85,12 +86,32 @@ def test_padding_to_the_longest_sequence_gives_the_scores_of_padding_to_a_fixed_
     encoded += [encode(Example("a", "b"), "similarity", tok, 64)]
     model = TaskModel(gpt, "similarity", 1, 0.0).eval()
     longest = collate(encoded, [0.0] * len(encoded), tok.specials.pad, regression=True)
-    fixed = longest.tokens.new_full((*longest.tokens.shape[:2], 64), tok.specials.pad)
-    fixed[..., : longest.tokens.size(-1)] = longest.tokens
+    T = longest.tokens.size(1)
+    assert T < 64
+    fixed = [t.new_full((len(encoded), 64), fill) for t, fill in
+             ((longest.tokens, tok.specials.pad), (longest.positions, 0), (longest.segments, -1))]  # fmt: skip
+    for padded, t in zip(fixed, (longest.tokens, longest.positions, longest.segments)):
+        padded[:, :T] = t
     with torch.no_grad():
-        short, full = model(longest.tokens, longest.extract), model(fixed, longest.extract)
-    assert longest.tokens.size(-1) < 64
+        short, full = model(*longest.inputs()), model(*fixed, longest.extract)
     torch.testing.assert_close(short.scores, full.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_sequences_sharing_a_row_have_the_states_and_lm_loss_they_have_alone(tok, gpt):
+    examples = [Example("the river stood near the old road", choices=("a lamp", "the tower by the sea", "a comet")),
+                Example("a", choices=("the river", "b", "the old lamp"))]  # fmt: skip
+    encoded = [encode(e, "multiple_choice", tok, 64) for e in examples]
+    batch = collate(encoded, [0, 2], tok.specials.pad, regression=False)
+    assert batch.tokens.size(1) < sum(len(seq) for seq in encoded[0])  # the context once, not once per choice
+    model = TaskModel(gpt, "multiple_choice", 1, 0.0).eval()
+    with torch.no_grad():
+        out = model(*batch.inputs(lm=True))
+        seqs = [seq for choices in encoded for seq in choices]
+        alone = [gpt(torch.tensor([seq])) for seq in seqs]
+    extract = torch.stack([o.hidden[0, len(seq) - 1] for o, seq in zip(alone, seqs)]).view(2, 3, -1)
+    torch.testing.assert_close(out.scores, model.head(extract).squeeze(-1), rtol=1e-5, atol=1e-5)
+    lm = lm_loss(torch.cat([o.logits[0, :-1] for o in alone]), torch.tensor([t for seq in seqs for t in seq[1:]]))
+    assert out.lm_loss.item() == pytest.approx(lm.item(), rel=1e-5)
 
 
 def test_each_epoch_visits_whole_batches_of_about_one_length_in_an_order_fixed_by_the_seed():
@@ -114,9 +135,9 @@ def test_similarity_head_sums_both_orders_and_multiple_choice_scores_each_choice
     sim = TaskModel(gpt, "similarity", 2, 0.0).eval()  # no dropout: the two orders must agree exactly
     batch = collate([encode(Example("the river", "a lamp"), "similarity", tok, 64)] * 3, [0, 1, 1],
                     tok.specials.pad, regression=False)  # fmt: skip
-    out = sim(batch.tokens, batch.extract, batch.lm_targets)
+    out = sim(*batch.inputs(lm=True))
     assert out.scores.shape == (3, 2) and out.lm_loss.ndim == 0
-    swapped = sim(batch.tokens.flip(1), batch.extract.flip(1)).scores
+    swapped = sim(*batch._replace(extract=batch.extract.flip(1)).inputs()).scores
     assert torch.allclose(out.scores, swapped, atol=1e-5)  # order-free
     loss(out, batch, regression=False, lm_coef=0.5).backward()
     assert sim.head.weight.grad.abs().sum() > 0 and gpt.tokens_embed.weight.grad.abs().sum() > 0
@@ -124,7 +145,7 @@ def test_similarity_head_sums_both_orders_and_multiple_choice_scores_each_choice
     mc = TaskModel(gpt, "multiple_choice", 1, 0.0)
     example = Example("the river", choices=("a lamp", "the tower", "a comet"))
     batch = collate([encode(example, "multiple_choice", tok, 64)] * 2, [2, 0], tok.specials.pad, regression=False)
-    out = mc(batch.tokens, batch.extract)
+    out = mc(*batch.inputs())
     assert out.scores.shape == (2, 3)
     task_loss(out.scores, batch.labels, regression=False).backward()
     assert mc.head.weight.grad.abs().sum() > 0
@@ -134,17 +155,17 @@ def test_the_auxiliary_lm_loss_is_added_with_its_weight(tok, gpt):
     model = TaskModel(gpt, "classification", 2, 0.0).eval()
     examples = [encode(Example(text), "classification", tok, 64) for text in ("the river stood still", "a lamp")]
     batch = collate(examples, [0, 1], tok.specials.pad, regression=False)  # the second is padded
-    out = model(batch.tokens, batch.extract, batch.lm_targets)
+    out = model(*batch.inputs(lm=True))
     task = task_loss(out.scores, batch.labels, regression=False)
     # The head projects only positions with a next token; the loss is the one over every position.
-    lm = lm_loss(gpt(batch.tokens.flatten(0, 1)).logits, batch.lm_targets.flatten(0, 1))
+    lm = lm_loss(gpt(batch.tokens).logits, batch.lm_targets)
     assert out.lm_loss.item() == pytest.approx(lm.item(), rel=1e-6)
-    assert model(batch.tokens, batch.extract).lm_loss is None  # no targets, no LM head
+    assert model(*batch.inputs()).lm_loss is None  # no targets, no LM head
     assert loss(out, batch, False, 0.0).item() == pytest.approx(task.item())
     assert loss(out, batch, False, 0.5).item() == pytest.approx(task.item() + 0.5 * lm.item())
     regression = TaskModel(gpt, "similarity", 1, 0.0)
     scored = collate([encode(Example("a", "b"), "similarity", tok, 64)], [3.5], tok.specials.pad, regression=True)
-    out = regression(scored.tokens, scored.extract)
+    out = regression(*scored.inputs())
     assert task_loss(out.scores, scored.labels, True).item() == pytest.approx((out.scores.item() - 3.5) ** 2, rel=1e-5)
 
 
@@ -192,6 +213,10 @@ def test_finetune_on_a_proxy_task_beats_chance_with_and_without_pretraining(tok,
     assert [r["lm_coef"] for r in results["runs"]] == [0.5, 0.5] and not results["runs"][1]["pretrained"]
     for variant in ("full", "no_pretrain"):
         assert summary["tasks"]["proxy_shuffle"][variant]["proxy_shuffle"]["accuracy"]["mean"] > 75.0, summary
+    full, random = (summary["tasks"]["proxy_shuffle"][v]["proxy_shuffle"]["accuracy"]["mean"]
+                    for v in ("full", "no_pretrain"))  # fmt: skip
+    notes = [block.text for block in results_section(tmp_path / "eval") if block.kind == "p"]
+    assert f"Pretrained minus random weights, in points: proxy_shuffle {full - random:+.1f} (spread 0.0)." in notes
 
 
 def test_model_selection_scores_the_epoch_best_on_a_slice_of_train(tok, caplog):

@@ -35,13 +35,14 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        # Causal attention; flash or memory-efficient kernels on GPU.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        # Causal attention, or `mask` (B, 1, T, T) where given; flash or memory-efficient kernels on GPU.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)  # fmt: skip
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -66,8 +67,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.ln_1(x + self.attn(x))  # post-LayerNorm, as GPT-1 (GPT-2 moved it before)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.ln_1(x + self.attn(x, mask))  # post-LayerNorm, as GPT-1 (GPT-2 moved it before)
         return self.ln_2(x + self.mlp(x))
 
 
@@ -89,16 +90,24 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, logits: bool = True) -> Output:
+    def forward(self, idx: torch.Tensor, logits: bool = True, positions: torch.Tensor | None = None,
+                segments: torch.Tensor | None = None) -> Output:  # fmt: skip
         """idx: (B, T) token ids, T <= n_positions. `logits=False` skips the output projection, for
-        readers of the hidden states alone (a task head scoring)."""
+        readers of the hidden states alone (a task head scoring).
+
+        Several sequences that begin alike can share one row (`eval/transforms.py`): `positions`
+        (B, T) gives each token its place in its own sequence, and `segments` (B, T) says which
+        sequence it belongs to, 0 for the shared beginning. A token then attends to the earlier
+        tokens of its segment and of segment 0, and its state is the one it has in its sequence alone."""
         T = idx.size(1)
-        if self.cfg.n_positions < T:
-            raise ValueError(f"sequence of {T} tokens is longer than the {self.cfg.n_positions} positions")
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.tokens_embed(idx) + self.positions_embed(pos))  # (B, T, C)
+        if positions is None:
+            if self.cfg.n_positions < T:
+                raise ValueError(f"sequence of {T} tokens is longer than the {self.cfg.n_positions} positions")
+            positions = torch.arange(T, device=idx.device)
+        x = self.drop(self.tokens_embed(idx) + self.positions_embed(positions))  # (B, T, C)
+        mask = None if segments is None else segment_mask(segments)
         for block in self.h:
-            x = block(x)
+            x = block(x, mask)
         return Output(x, self.lm_head(x) if logits else None)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -113,6 +122,14 @@ class GPT(nn.Module):
         """Training FLOPs per token: 6 per parameter plus attention's 12 · layers · width · context
         (PaLM's appendix B), for MFU."""
         return 6 * self.num_params() + 12 * self.cfg.n_layer * self.cfg.n_embd * seq_len
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(B, T) segment ids -> (B, 1, T, T) attention mask: causal, within a segment or into segment 0."""
+    T = segments.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    query, key = segments[:, :, None], segments[:, None, :]
+    return (causal & ((key == 0) | (key == query)))[:, None]
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
