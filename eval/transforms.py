@@ -100,22 +100,28 @@ def collate(encoded: list[list[list[int]]], labels: list[float], pad: int, regre
     """One row per example (the sequences' shared beginning, then the rest of each), padded to the longest."""
     n_seq = len(encoded[0])
     assert all(len(seqs) == n_seq for seqs in encoded), "every example of a task has the same number of sequences"
-    B, T = len(encoded), max(row_length(seqs) for seqs in encoded)
-    tokens = torch.full((B, T), pad, dtype=torch.long)
-    positions, segments = torch.zeros((B, T), dtype=torch.long), torch.full((B, T), -1, dtype=torch.long)
-    targets, weights = torch.full((B, T), -1, dtype=torch.long), torch.zeros((B, T))
-    extract = torch.zeros((B, n_seq), dtype=torch.long)
-    for b, seqs in enumerate(encoded):
-        n = shared(seqs)
-        first = torch.tensor(seqs[0])
-        tokens[b, :n], positions[b, :n], segments[b, :n] = first[:n], torch.arange(n), 0
-        targets[b, :n], weights[b, :n] = first[1 : n + 1], n_seq
-        at = n
-        for s, seq in enumerate(seqs):
-            rest, end = torch.tensor(seq[n:]), at + len(seq) - n
-            tokens[b, at:end], positions[b, at:end], segments[b, at:end] = rest, torch.arange(n, len(seq)), s + 1
-            targets[b, at : end - 1], weights[b, at : end - 1] = rest[1:], 1.0
-            extract[b, s], at = end - 1, end
+    rows = [_row(seqs) for seqs in encoded]
+    T = max(len(row[0]) for row in rows)
+    fills = (pad, 0, -1, -1, 0)  # tokens, positions, segments, next tokens, weights
+    tokens, positions, segments, targets, weights = (torch.tensor([row[i] + [fill] * (T - len(row[i])) for row in rows])
+                                                     for i, fill in enumerate(fills))  # fmt: skip
+    extract = torch.tensor([row[5] for row in rows])
     dtype = torch.float if regression else torch.long
-    return Batch(tokens, positions, segments if n_seq > 1 else None, extract, targets, weights,
+    return Batch(tokens, positions, segments if n_seq > 1 else None, extract, targets, weights.float(),
                  torch.tensor(labels, dtype=dtype))  # fmt: skip
+
+
+def _row(seqs: list[list[int]]) -> tuple[list[int], ...]:
+    """An example's row as lists: tokens, positions, segments, next tokens, weights, extract indices."""
+    n = shared(seqs)
+    tokens, positions, segments = seqs[0][:n], list(range(n)), [0] * n
+    targets, weights, extract = seqs[0][1 : n + 1], [len(seqs)] * n, []
+    for s, seq in enumerate(seqs):
+        rest = seq[n:]
+        tokens += rest
+        positions += range(n, len(seq))
+        segments += [s + 1] * len(rest)
+        targets += [*rest[1:], -1]  # the extract token has no next token
+        weights += [1] * (len(rest) - 1) + [0]
+        extract.append(len(tokens) - 1)
+    return tokens, positions, segments, targets, weights, extract
