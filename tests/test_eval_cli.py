@@ -28,16 +28,16 @@ def gpt1_eval(out: Path, ray_address: str, *args: str) -> subprocess.CompletedPr
 
 
 def test_eval_from_a_checkpoint_scores_the_chosen_task(checkpoint, tiny_out, ray_address):
-    proc = gpt1_eval(tiny_out, ray_address, "--checkpoint", str(checkpoint), "--tasks", "proxy_order")
+    proc = gpt1_eval(tiny_out, ray_address, "--checkpoint", str(checkpoint), "--tasks", "proxy_shuffle")
     assert proc.returncode == 0, proc.stderr
     folder = Path(proc.stdout.strip().splitlines()[-1])
-    results = json.loads((folder / "proxy_order" / "results.json").read_text())
-    assert results["kind"] == "multiple_choice" and results["splits"]["proxy_order"]["n"] > 0
-    assert [p.name for p in folder.iterdir() if p.is_dir()] == ["proxy_order"]
-    assert "proxy_order" in proc.stderr and "accuracy" in proc.stderr
+    results = json.loads((folder / "proxy_shuffle" / "results.json").read_text())
+    assert results["kind"] == "classification" and results["splits"]["proxy_shuffle"]["n"] > 0
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == ["proxy_shuffle"]
+    assert "proxy_shuffle" in proc.stderr and "accuracy" in proc.stderr
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert set(manifest["inputs"]) == {"data"} and "proxy_order" in manifest["tasks"]
-    again = gpt1_eval(tiny_out, ray_address, "--checkpoint", str(checkpoint), "--tasks", "proxy_order")
+    assert set(manifest["inputs"]) == {"data"} and "proxy_shuffle" in manifest["tasks"]
+    again = gpt1_eval(tiny_out, ray_address, "--checkpoint", str(checkpoint), "--tasks", "proxy_shuffle")
     assert again.returncode == 0 and "eval: skipped" in " ".join(again.stderr.split())
 
 

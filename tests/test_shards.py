@@ -53,7 +53,7 @@ def test_windows_are_the_stream_with_targets_shifted_by_one(shards):
     x, y = windows.batch([0, 1])
     assert x.shape == (2, 128) and str(x.dtype) == "torch.int64"
     assert np.array_equal(x[1].numpy(), first[128:256]) and np.array_equal(y[1].numpy(), first[129:257])
-    per_shard = [(s - 1) // 128 for s in (200_000, 200_000, 116_937)]
+    per_shard = [(s - 1) // 128 for s in (200_000, 200_000, 94_533)]
     assert len(windows) == sum(per_shard)
     second = np.fromfile(folder / "train/shard-00001.bin", dtype=np.uint16, offset=HEADER_BYTES)
     assert np.array_equal(windows[per_shard[0]], second[:129])  # windows never straddle two shards
@@ -66,7 +66,7 @@ def test_header_index_and_manifest_describe_every_shard(shards):
     tok = BPETokenizer.load(manifest["inputs"]["tokenizer"]["dir"])
     assert index["vocab_size"] == tok.vocab_size and index["eod"] == tok.specials.eod
     train = index["splits"]["train"]
-    assert [s["tokens"] for s in train["shards"]] == [200_000, 200_000, 116_937]
+    assert [s["tokens"] for s in train["shards"]] == [200_000, 200_000, 94_533]
     assert (
         train["documents"] == sum(s["documents"] for s in train["shards"]) == manifest["splits"]["train"]["documents"]
     )
