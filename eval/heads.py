@@ -19,7 +19,7 @@ from torch import nn
 
 from eval.tasks import Kind
 from eval.transforms import Batch
-from training.model import GPT
+from training.model import GPT, lm_loss
 
 
 class TaskOutput(NamedTuple):
@@ -53,9 +53,7 @@ class TaskModel(nn.Module):
         lm = None
         if lm_targets is not None:
             has_next = lm_targets >= 0
-            losses = F.cross_entropy(self.gpt.lm_head(hidden[has_next]).float(), lm_targets[has_next], reduction="none")
-            weights = lm_weights[has_next]
-            lm = (losses * weights).sum() / weights.sum()  # the mean over every sequence's tokens
+            lm = lm_loss(self.gpt.lm_head(hidden[has_next]), lm_targets[has_next], lm_weights[has_next])
         return TaskOutput(scores, lm)
 
 

@@ -132,9 +132,14 @@ def segment_mask(segments: torch.Tensor) -> torch.Tensor:
     return (causal & ((key == 0) | (key == query)))[:, None]
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy; targets < 0 are ignored (padding)."""
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy; targets < 0 are ignored (padding). `weights` counts each target
+    that many times (a token that several sequences share, read once)."""
+    flat, targets = logits.float().view(-1, logits.size(-1)), targets.reshape(-1)
+    if weights is None:
+        return F.cross_entropy(flat, targets, ignore_index=-1)
+    weights = weights.reshape(-1) * (targets >= 0)
+    return (F.cross_entropy(flat, targets, ignore_index=-1, reduction="none") * weights).sum() / weights.sum()
 
 
 def perplexity(loss: float) -> float:
