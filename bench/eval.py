@@ -9,7 +9,7 @@ the auxiliary loss), once per seed along each path:
   position (padding and extract tokens too) in training and in scoring, and scoring
   `micro_batch` examples at a time;
 - `ours`, the config as it is: batches of about one length, an example's sequences in one row
-  that holds their shared beginning once, the LM head only where there is a next token and never
+  that holds their shared beginning once (built once, when the task is tokenised), the LM head only where there is a next token and never
   when scoring, scoring `score_batch` examples at a time under inference mode.
 Prints examples/s of fine-tuning and of scoring, the ratio, where the time goes (set-up, data,
 forward, backward, optimizer, scoring; from cProfile, whose overhead both paths pay), and each
@@ -33,7 +33,7 @@ from eval.config import EvalConfig
 from eval.evaluate import encoded_task
 from eval.finetune import finetune
 from eval.heads import TaskModel, TaskOutput
-from eval.transforms import Batch, collate
+from eval.transforms import Batch, Row, collate_rows, sequences
 from launch.config import load_config
 from tokenizer.bpe import BPETokenizer
 from training.checkpoint import load_weights, resolve
@@ -46,8 +46,9 @@ PARTS = [("set-up", "training/engine.py", "build_engine"), ("data", "eval/finetu
          ("optimizer", "deepspeed/runtime/engine.py", "step"), ("scoring", "eval/finetune.py", "score")]  # fmt: skip
 
 
-def unpacked(encoded: list[list[list[int]]], labels: list[float], pad: int, regression: bool) -> Batch:
+def unpacked(rows: list[Row], labels: list[float], pad: int, regression: bool) -> Batch:
     """A batch as fine-tuning first built one: every sequence in a row of its own, (B, S, T)."""
+    encoded = [sequences(r) for r in rows]
     T = max(len(seq) for seqs in encoded for seq in seqs)
     tokens = torch.full((len(encoded), len(encoded[0]), T), pad, dtype=torch.long)
     targets = torch.full_like(tokens, -1)
@@ -93,7 +94,7 @@ def run(cfg: EvalConfig, task_name: str, run_dir: Path, seeds: list[int], device
         raise SystemExit(f"error: {task_name} is not one of the config's eval.tasks")
     task, _, train, evals = encoded_task(task_cfg, tok, model_cfg.n_positions, Path(stages["data"]["dir"]))
     old = cfg.model_copy(update={"length_buckets": 0, "score_batch": cfg.micro_batch})
-    paths = {"old": (old, EveryPosition, unpacked), "ours": (cfg, TaskModel, collate)}
+    paths = {"old": (old, EveryPosition, unpacked), "ours": (cfg, TaskModel, collate_rows)}
     rows = []
     for label, (path_cfg, model_class, collate_fn) in paths.items():
         for seed in seeds:
@@ -102,7 +103,8 @@ def run(cfg: EvalConfig, task_name: str, run_dir: Path, seeds: list[int], device
             gpt.load_state_dict(weights)
             profile = cProfile.Profile()
             t0 = time.perf_counter()
-            with mock.patch("eval.finetune.TaskModel", model_class), mock.patch("eval.finetune.collate", collate_fn):
+            with (mock.patch("eval.finetune.TaskModel", model_class),
+                  mock.patch("eval.finetune.collate_rows", collate_fn)):  # fmt: skip
                 scores = profile.runcall(finetune, task, gpt, train, evals, path_cfg, seed, cfg.lm_coef, device)
             seconds = time.perf_counter() - t0
             stats = pstats.Stats(profile)

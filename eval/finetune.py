@@ -24,7 +24,7 @@ from eval.config import EvalConfig
 from eval.heads import TaskModel, loss, predictions
 from eval.metrics import METRICS
 from eval.tasks import Example, Task, TaskDataError
-from eval.transforms import Batch, collate, encode, row_length
+from eval.transforms import Batch, collate_rows, encode, row
 from pipeline.progress import progress_bar
 from tokenizer.bpe import BPETokenizer
 from training.config import DeepSpeedConfig, TrainConfig
@@ -37,10 +37,10 @@ WEIGHT_DECAY, GRAD_CLIP = 0.01, 1.0  # as in pretraining
 
 
 class Encoded:
-    """A task split, tokenized once: sequences per example and labels."""
+    """A task split, tokenized once: each example's row (`eval.transforms.row`) and label."""
 
     def __init__(self, task: Task, examples: list[Example], tok: BPETokenizer, max_len: int):
-        self.sequences = [encode(e, task.kind, tok, max_len) for e in examples]
+        self.rows = [row(encode(e, task.kind, tok, max_len)) for e in examples]
         self.labels = [e.label for e in examples]
         self.pad, self.regression = tok.specials.pad, is_regression(task)
 
@@ -49,17 +49,17 @@ class Encoded:
 
     def lengths(self) -> np.ndarray:
         """Each example's row length: what its batch is padded to."""
-        return np.array([row_length(seqs) for seqs in self.sequences])
+        return np.array([r.fields.shape[1] for r in self.rows])
 
     def batches(self, indices: list[int] | np.ndarray, size: int) -> Iterator[Batch]:
         for at in range(0, len(indices), size):
             chunk = indices[at : at + size]
-            yield collate([self.sequences[i] for i in chunk], [self.labels[i] for i in chunk], self.pad,
-                          self.regression)  # fmt: skip
+            yield collate_rows([self.rows[i] for i in chunk], [self.labels[i] for i in chunk], self.pad,
+                               self.regression)  # fmt: skip
 
     def subset(self, indices: list[int] | np.ndarray) -> Encoded:
         part = copy.copy(self)
-        part.sequences, part.labels = [self.sequences[i] for i in indices], [self.labels[i] for i in indices]
+        part.rows, part.labels = [self.rows[i] for i in indices], [self.labels[i] for i in indices]
         return part
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from eval.tasks import Example, Kind
@@ -90,29 +91,15 @@ def shared(seqs: list[list[int]]) -> int:
     return max(common - 1, 0)
 
 
-def row_length(seqs: list[list[int]]) -> int:
-    """Tokens in the example's row: the shared beginning once, then the rest of each sequence."""
-    n = shared(seqs)
-    return n + sum(len(seq) - n for seq in seqs)
+class Row(NamedTuple):
+    """One example's row, built once and padded into every batch that holds it."""
+
+    fields: np.ndarray  # (5, L) int32: tokens, positions, segments, next tokens, weights
+    extract: np.ndarray  # (S,) where in the row each sequence's extract token is
 
 
-def collate(encoded: list[list[list[int]]], labels: list[float], pad: int, regression: bool) -> Batch:
-    """One row per example (the sequences' shared beginning, then the rest of each), padded to the longest."""
-    n_seq = len(encoded[0])
-    assert all(len(seqs) == n_seq for seqs in encoded), "every example of a task has the same number of sequences"
-    rows = [_row(seqs) for seqs in encoded]
-    T = max(len(row[0]) for row in rows)
-    fills = (pad, 0, -1, -1, 0)  # tokens, positions, segments, next tokens, weights
-    tokens, positions, segments, targets, weights = (torch.tensor([row[i] + [fill] * (T - len(row[i])) for row in rows])
-                                                     for i, fill in enumerate(fills))  # fmt: skip
-    extract = torch.tensor([row[5] for row in rows])
-    dtype = torch.float if regression else torch.long
-    return Batch(tokens, positions, segments if n_seq > 1 else None, extract, targets, weights.float(),
-                 torch.tensor(labels, dtype=dtype))  # fmt: skip
-
-
-def _row(seqs: list[list[int]]) -> tuple[list[int], ...]:
-    """An example's row as lists: tokens, positions, segments, next tokens, weights, extract indices."""
+def row(seqs: list[list[int]]) -> Row:
+    """An example's sequences as one row: their shared beginning, then the rest of each."""
     n = shared(seqs)
     tokens, positions, segments = seqs[0][:n], list(range(n)), [0] * n
     targets, weights, extract = seqs[0][1 : n + 1], [len(seqs)] * n, []
@@ -124,4 +111,30 @@ def _row(seqs: list[list[int]]) -> tuple[list[int], ...]:
         targets += [*rest[1:], -1]  # the extract token has no next token
         weights += [1] * (len(rest) - 1) + [0]
         extract.append(len(tokens) - 1)
-    return tokens, positions, segments, targets, weights, extract
+    return Row(np.array([tokens, positions, segments, targets, weights], dtype=np.int32), np.array(extract))
+
+
+def sequences(r: Row) -> list[list[int]]:
+    """The sequences a row holds, each its shared beginning and its own segment: `row`'s inverse."""
+    tokens, segments = r.fields[0], r.fields[2]
+    return [tokens[(segments == 0) | (segments == s + 1)].tolist() for s in range(len(r.extract))]
+
+
+def collate(encoded: list[list[list[int]]], labels: list[float], pad: int, regression: bool) -> Batch:
+    """One row per example (the sequences' shared beginning, then the rest of each), padded to the longest."""
+    return collate_rows([row(seqs) for seqs in encoded], labels, pad, regression)
+
+
+def collate_rows(rows: list[Row], labels: list[float], pad: int, regression: bool) -> Batch:
+    """`collate` for rows already built."""
+    n_seq = len(rows[0].extract)
+    assert all(len(r.extract) == n_seq for r in rows), "every example of a task has the same number of sequences"
+    fields = np.empty((5, len(rows), max(r.fields.shape[1] for r in rows)), dtype=np.int32)
+    fields[:] = np.array([pad, 0, -1, -1, 0], dtype=np.int32)[:, None, None]  # each field's padding
+    for b, r in enumerate(rows):
+        fields[:, b, : r.fields.shape[1]] = r.fields
+    tokens, positions, segments, targets, weights = torch.from_numpy(fields).long()
+    extract = torch.from_numpy(np.stack([r.extract for r in rows])).long()
+    dtype = torch.float if regression else torch.long
+    return Batch(tokens, positions, segments if n_seq > 1 else None, extract, targets, weights.float(),
+                 torch.tensor(labels, dtype=dtype))  # fmt: skip

@@ -84,11 +84,9 @@ def test_a_run_killed_during_pretraining_completes_to_a_report_then_skips_everyt
     assert manual.returncode == 0 and manual.stdout.strip() == str(out / "mini/report/latest/report.html")
     assert "Miniature run" in Path(manual.stdout.strip()).read_text()  # the run's report settings are kept
 
-    t0 = time.monotonic()
     again = subprocess.run(gpt1_run(config, out, ray_address), capture_output=True, text=True, env=env)
     assert again.returncode == 0 and Path(again.stdout.strip().splitlines()[-1]) == html
     assert [f"{name}: skipped" in " ".join(again.stderr.split()) for name in STAGES] == [True] * len(STAGES)
-    assert time.monotonic() - t0 < 30
 
 
 def test_report_of_a_folder_that_is_not_a_run_is_one_line(tmp_path):

@@ -19,7 +19,7 @@ from eval.heads import TaskModel, loss, task_loss
 from eval.metrics import accuracy, f1, glue_average, mcc, pearson, spearman
 from eval.report import results_section
 from eval.tasks import Example
-from eval.transforms import collate, encode
+from eval.transforms import collate, encode, row, sequences
 from tokenizer.config import TokenizerConfig
 from tokenizer.train import train
 from training.config import ModelConfig
@@ -103,6 +103,7 @@ def test_sequences_sharing_a_row_have_the_states_and_lm_loss_they_have_alone(tok
     encoded = [encode(e, "multiple_choice", tok, 64) for e in examples]
     batch = collate(encoded, [0, 2], tok.specials.pad, regression=False)
     assert batch.tokens.size(1) < sum(len(seq) for seq in encoded[0])  # the context once, not once per choice
+    assert [sequences(row(seqs)) for seqs in encoded] == encoded
     model = TaskModel(gpt, "multiple_choice", 1, 0.0).eval()
     with torch.no_grad():
         out = model(*batch.inputs(lm=True))
