@@ -9,8 +9,9 @@ the auxiliary loss), once per seed along each path:
   position (padding and extract tokens too) in training and in scoring, and scoring
   `micro_batch` examples at a time;
 - `ours`, the config as it is: batches of about one length, an example's sequences in one row
-  that holds their shared beginning once (built once, when the task is tokenised), the LM head only where there is a next token and never
-  when scoring, scoring `score_batch` examples at a time under inference mode.
+  that holds their shared beginning once (built once, when the task is tokenised), the LM head
+  only where there is a next token and never when scoring, scoring `score_batch` examples at a
+  time under inference mode.
 Prints examples/s of fine-tuning and of scoring, the ratio, where the time goes (set-up, data,
 forward, backward, optimizer, scoring; from cProfile, whose overhead both paths pay), and each
 path's dev scores with their spread over the seeds. Needs the run's pretrain stage (`gpt1 train CONFIG`).
