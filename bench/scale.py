@@ -1,10 +1,13 @@
 """The data side at corpus size: data, tokenizer and shards stages on 100 MB to 1 GB of text.
 
-    python -m bench.scale [--sizes 100 400] [--workers 1 2] [--merges 40000]
+    python -m bench.scale [--sizes 100,400] [--workers 1,2] [--merges 40000] [--runs loop,data,...]
 
 Input: the built-in corpus repeated until it reaches each size, every copy of a document with a
 word in seven replaced (differently in each copy), so that neither exact nor near-dedup simply
-drops the copies. Each size runs: the plain one-process loop that reads, cleans and hashes
+drops the copies. The replacements are words each copy invents (the start of one real word and
+the end of another, a pool of INVENTED per copy), so the vocabulary grows with the corpus, as a
+real one does, and a 1 GB corpus has the pairs for 40,000 merges. Each size runs (`--runs`
+picks some): the plain one-process loop that reads, cleans and hashes
 (bench.data's baseline); the data stage (default rules, near-dedup on) with each worker count;
 the tokenizer stage once (it trains in one process); bare `tokenizers` `encode_batch_fast` over the
 kept documents; and the shards stage with each worker count from an empty cache. For every run:
@@ -44,20 +47,23 @@ from tokenizer.config import TokenizerConfig
 
 FILE_BYTES = 8_000_000  # one partition per 8 MB file
 ENCODE_BATCH = 2000
+INVENTED = 3000  # new words per copy of the corpus (about 9 MB)
+RUNS = ("loop", "data", "tokenizer", "encode", "shards")
 
 
 def write_corpus(root: Path, megabytes: int) -> int:
     """JSON-lines files of about `megabytes` in all; returns the bytes written."""
     texts = [d.text for d in read_builtin("builtin", builtin_units()) if d.reason is None and len(d.text) > 500]
-    vocab = sorted({w for t in texts[:200] for w in t.split() if w.isalpha()})
+    vocab = sorted({w for t in texts for w in t.split() if w.isalpha() and len(w) > 2})
     written, copy, out = 0, 0, None
     while written < megabytes * 1e6:
         rng = random.Random(copy)
+        invented = [invent(rng, vocab) for _ in range(INVENTED)]
         for text in texts:
             words = text.split(" ")
             for i in range(copy % 7, len(words), 7):
                 if copy:
-                    words[i] = rng.choice(vocab)
+                    words[i] = rng.choice(invented)
             line = json.dumps({"text": " ".join(words)}) + "\n"
             if out is None or out.tell() > FILE_BYTES:
                 out = open(root / f"part-{written // FILE_BYTES:05d}.jsonl", "w")  # noqa: SIM115
@@ -65,6 +71,12 @@ def write_corpus(root: Path, megabytes: int) -> int:
             written += len(line)
         copy += 1
     return written
+
+
+def invent(rng: random.Random, vocab: list[str]) -> str:
+    """A word that is no real one: the start of one word of `vocab` and the end of another."""
+    head, tail = rng.choice(vocab), rng.choice(vocab)
+    return head[: rng.randint(2, len(head))] + tail[rng.randint(1, len(tail) - 1) :]
 
 
 @contextmanager
@@ -131,38 +143,55 @@ def main() -> None:
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 400])
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     parser.add_argument("--merges", type=int, default=40_000)
+    parser.add_argument("--runs", type=lambda s: s.split(","), default=list(RUNS),
+                        help=f"comma-separated, of {','.join(RUNS)}; each needs the data stage's output")  # fmt: skip
     args = parser.parse_args()
+    if unknown := set(args.runs) - set(RUNS):
+        parser.error(f"unknown runs: {', '.join(sorted(unknown))} (choose from {', '.join(RUNS)})")
     print(f"{'input':>7} {'run':>16} {'wall s':>8} {'MB/s/core':>9} {'Mtok/s':>8} {'vs base':>7} "
           f"{'driver MB':>9} {'worker MB':>9}")  # fmt: skip
     for megabytes in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            bench_size(Path(tmp), megabytes, args.workers, args.merges)
+            bench_size(Path(tmp), megabytes, args.workers, args.merges, args.runs)
 
 
-def bench_size(root: Path, megabytes: int, worker_counts: list[int], merges: int) -> None:
+def bench_size(root: Path, megabytes: int, worker_counts: list[int], merges: int, runs: list[str]) -> None:
+    """Every run of `runs` on one corpus size. The tokenizer, encode and shards runs read the
+    output of the data stage with the last worker count, which runs whether asked for or not."""
     (root / "in").mkdir()
     mb = write_corpus(root / "in", megabytes) / 1e6
     size = f"{mb:.0f} MB"
     cfg = DataConfig(sources=[SourceConfig(name="bench", paths=[str(root / "in" / "*.jsonl")])], dedup={"near": True},
                      partition_bytes=FILE_BYTES)  # a partition per file, as the baseline reads them  # fmt: skip
-    _, base, peaks = timed(baseline, sorted((root / "in").glob("*.jsonl")), cfg)
-    print(row(size, "loop", base, mb, 1, peaks, 1.0, None), flush=True)
-    for workers in worker_counts:
+    base = None
+    if "loop" in runs:
+        _, base, peaks = timed(baseline, sorted((root / "in").glob("*.jsonl")), cfg)
+        print(row(size, "loop", base, mb, 1, peaks, 1.0, None), flush=True)
+    for workers in worker_counts if "data" in runs else worker_counts[-1:]:
         data = root / f"data{workers}"
         summary, took, peaks = timed(run_data, cfg.model_copy(update={"num_workers": workers}), data)
-        print(row(size, f"data x{workers}", took, mb, workers, peaks, base / (took * workers), None), flush=True)
-    _, took, peaks = timed(run_tokenizer, TokenizerConfig(merges=merges), data, root / "tok")
-    print(row(size, f"tokenizer {merges // 1000}k", took, mb, 1, peaks, 1.0, None), flush=True)
+        vs = base / (took * workers) if base else float("nan")
+        print(row(size, f"data x{workers}", took, mb, workers, peaks, vs, None), flush=True)
+    counts = summary["counts"]
+    print(f"{size:>7} {counts['kept']:,} of {counts['in']:,} documents kept", flush=True)
+    if not {"tokenizer", "encode", "shards"} & set(runs):
+        return
+    result, took, peaks = timed(run_tokenizer, TokenizerConfig(merges=merges), data, root / "tok")
+    if "tokenizer" in runs:
+        print(row(size, f"tokenizer {merges // 1000}k", took, mb, 1, peaks, 1.0, None), flush=True)
+        meta = result["tokenizer"]
+        print(f"{size:>7} {meta['merges']:,} merges learned, vocabulary {meta['vocab_size']:,}", flush=True)
+    if not {"encode", "shards"} & set(runs):
+        return
     tokens, base, peaks = timed(bare_encode, root / "tok", data)
     print(row(size, "encode_batch", base, mb, psutil.cpu_count(), peaks, 1.0, tokens / 1e6), flush=True)
-    for workers in worker_counts:
+    for workers in worker_counts if "shards" in runs else []:
         shutil.rmtree(root / "shards", ignore_errors=True)  # the cache lives next to the output: start without it
         shards = ShardsConfig(num_workers=workers)
         result, took, peaks = timed(run_shards, shards, data, root / "tok", root / "shards" / "build")
         assert result["splits"]["train"]["tokens"] == tokens
         print(row(size, f"shards x{workers}", took, mb, workers, peaks, base / took, tokens / 1e6), flush=True)
-    counts = summary["counts"]
-    print(f"{size:>7} {counts['kept']:,} of {counts['in']:,} documents kept; {tokens:,} train tokens", flush=True)
+    print(f"{size:>7} {tokens:,} train tokens", flush=True)
 
 
 if __name__ == "__main__":
