@@ -1,6 +1,6 @@
 """The data side at corpus size: data, tokenizer and shards stages on 100 MB to 1 GB of text.
 
-    python -m bench.scale [--sizes 100,400] [--workers 1,2] [--merges 40000] [--runs loop,data,...]
+    python -m bench.scale [--sizes 100,400] [--workers 1,2] [--merges 40000] [--max-bytes N] [--runs loop,data,...]
 
 Input: the built-in corpus repeated until it reaches each size, every copy of a document with a
 word in seven replaced (differently in each copy), so that neither exact nor near-dedup simply
@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 400])
     parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     parser.add_argument("--merges", type=int, default=40_000)
+    parser.add_argument("--max-bytes", type=int, help="tokenizer.max_bytes: train the tokenizer on a sample")
     parser.add_argument("--runs", type=lambda s: s.split(","), default=list(RUNS),
                         help=f"comma-separated, of {','.join(RUNS)}; each needs the data stage's output")  # fmt: skip
     args = parser.parse_args()
@@ -152,10 +153,11 @@ def main() -> None:
           f"{'driver MB':>9} {'worker MB':>9}")  # fmt: skip
     for megabytes in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            bench_size(Path(tmp), megabytes, args.workers, args.merges, args.runs)
+            tok = TokenizerConfig(merges=args.merges, max_bytes=args.max_bytes)
+            bench_size(Path(tmp), megabytes, args.workers, tok, args.runs)
 
 
-def bench_size(root: Path, megabytes: int, worker_counts: list[int], merges: int, runs: list[str]) -> None:
+def bench_size(root: Path, megabytes: int, worker_counts: list[int], tok: TokenizerConfig, runs: list[str]) -> None:
     """Every run of `runs` on one corpus size. The tokenizer, encode and shards runs read the
     output of the data stage with the last worker count, which runs whether asked for or not."""
     (root / "in").mkdir()
@@ -176,9 +178,12 @@ def bench_size(root: Path, megabytes: int, worker_counts: list[int], merges: int
     print(f"{size:>7} {counts['kept']:,} of {counts['in']:,} documents kept", flush=True)
     if not {"tokenizer", "encode", "shards"} & set(runs):
         return
-    result, took, peaks = timed(run_tokenizer, TokenizerConfig(merges=merges), data, root / "tok")
+    result, took, peaks = timed(run_tokenizer, tok, data, root / "tok")
     if "tokenizer" in runs:
-        print(row(size, f"tokenizer {merges // 1000}k", took, mb, 1, peaks, 1.0, None), flush=True)
+        label = f"tokenizer {tok.merges // 1000}k"
+        if tok.max_bytes:  # trained on a sample
+            label = f"tok {tok.merges // 1000}k of {tok.max_bytes / 1e6:.0f}MB"
+        print(row(size, label, took, mb, 1, peaks, 1.0, None), flush=True)
         meta = result["tokenizer"]
         print(f"{size:>7} {meta['merges']:,} merges learned, vocabulary {meta['vocab_size']:,}", flush=True)
     if not {"encode", "shards"} & set(runs):
