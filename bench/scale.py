@@ -20,6 +20,7 @@ driver or worker that ran before would report its old peak.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import random
@@ -132,6 +133,17 @@ def bare_encode(tokenizer: Path, data: Path) -> int:
     return tokens
 
 
+def output_digest(data: Path) -> str:
+    """A hash of the data stage's kept text, split by split and file by file, in order."""
+    digest = hashlib.sha256()
+    for split in ("train", "val"):
+        for path in doc_files(data / split):
+            digest.update(f"{split}/{path.name}\n".encode())
+            for text in read_texts([path]):
+                digest.update(text.encode() + b"\0")
+    return digest.hexdigest()
+
+
 def row(size: str, run: str, took: float, mb: float, cores: int, peaks: dict, vs: float, mtok: float | None) -> str:
     rate = f"{mtok / took:8.2f}" if mtok else f"{'':>8}"
     return (f"{size:>7} {run:>16} {took:8.1f} {mb / took / cores:9.2f} {rate} {vs:7.2f} "
@@ -169,13 +181,18 @@ def bench_size(root: Path, megabytes: int, worker_counts: list[int], tok: Tokeni
     if "loop" in runs:
         _, base, peaks = timed(baseline, sorted((root / "in").glob("*.jsonl")), cfg)
         print(row(size, "loop", base, mb, 1, peaks, 1.0, None), flush=True)
+    outputs = set()
     for workers in worker_counts if "data" in runs else worker_counts[-1:]:
         data = root / f"data{workers}"
         summary, took, peaks = timed(run_data, cfg.model_copy(update={"num_workers": workers}), data)
         vs = base / (took * workers) if base else float("nan")
         print(row(size, f"data x{workers}", took, mb, workers, peaks, vs, None), flush=True)
+        outputs.add((json.dumps(summary["counts"], sort_keys=True), output_digest(data)))
+    assert len(outputs) == 1, "the data stage's output differs between worker counts"
     counts = summary["counts"]
-    print(f"{size:>7} {counts['kept']:,} of {counts['in']:,} documents kept", flush=True)
+    rejected = sum(counts["rejected"].values())
+    print(f"{size:>7} {counts['kept']:,} of {counts['in']:,} documents kept, {rejected:,} rejected, "
+          f"{counts['duplicates']:,} duplicates; the same output from every worker count", flush=True)  # fmt: skip
     if not {"tokenizer", "encode", "shards"} & set(runs):
         return
     result, took, peaks = timed(run_tokenizer, tok, data, root / "tok")
