@@ -170,8 +170,9 @@ def main() -> None:
 
 
 def bench_size(root: Path, megabytes: int, worker_counts: list[int], tok: TokenizerConfig, runs: list[str]) -> None:
-    """Every run of `runs` on one corpus size. The tokenizer, encode and shards runs read the
-    output of the data stage with the last worker count, which runs whether asked for or not."""
+    """Every run of `runs` on one corpus size. What a run needs runs whether asked for or not: the
+    data stage (its last worker count) for every run after the loop, the tokenizer for encode and
+    shards."""
     (root / "in").mkdir()
     mb = write_corpus(root / "in", megabytes) / 1e6
     size = f"{mb:.0f} MB"
