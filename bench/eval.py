@@ -6,45 +6,126 @@ Fine-tunes each task from the run's pretrained checkpoint (the `full` variant: p
 the auxiliary loss), once per seed along each path:
 - `old`, fine-tuning as it first ran: the plain shuffle (`eval.length_buckets: 0`), each sequence
   in a row of its own (a multiple-choice context once per choice), the LM head projecting every
-  position (padding and extract tokens too) in training and in scoring, and scoring
-  `micro_batch` examples at a time;
-- `ours`, the config as it is: batches of about one length, an example's sequences in one row
-  that holds their shared beginning once (built once, when the task is tokenised), the LM head
-  only where there is a next token and never when scoring, scoring `score_batch` examples at a
-  time under inference mode.
+  position (padding and extract tokens too) in training and in scoring, scoring `micro_batch`
+  examples at a time, torch's dropout on CPU, AdamW's per-parameter loop on CPU, and DeepSpeed
+  reducing the gradients of its one process;
+- `ours`, the code and config as they are: batches of about one length, an example's sequences
+  in one row that holds their shared beginning once (built once, when the task is tokenised), the
+  LM head only where there is a next token and never when scoring, scoring `score_batch` examples
+  at a time under inference mode, `training.model.dropout`, fused AdamW, no reduction alone.
 Prints examples/s of fine-tuning and of scoring, the ratio, where the time goes (set-up, data,
-forward, backward, optimizer, scoring; from cProfile, whose overhead both paths pay), and each
-path's dev scores with their spread over the seeds. Needs the run's pretrain stage (`gpt1 train CONFIG`).
+forward, backward, optimizer, scoring: wall time of each outermost call), and each path's dev
+scores with their spread over the seeds. Needs the run's pretrain stage (`gpt1 train CONFIG`).
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
+import contextlib
+import functools
 import json
-import pstats
 import statistics
 import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
 import torch
+import torch.nn.functional as F
+from deepspeed.runtime.engine import DeepSpeedEngine
 
 from eval.config import EvalConfig
 from eval.evaluate import encoded_task
-from eval.finetune import finetune
+from eval.finetune import Encoded, finetune, train_config
 from eval.heads import TaskModel, TaskOutput
-from eval.transforms import Batch, Row, collate_rows, sequences
+from eval.transforms import Batch, Row, sequences
 from launch.config import load_config
 from tokenizer.bpe import BPETokenizer
 from training.checkpoint import load_weights, resolve
+from training.config import DeepSpeedConfig
+from training.engine import build_engine, param_groups
 from training.model import GPT, lm_loss
 from training.run import init_process
 
-# Where the time goes: (label, file suffix, function) whose cumulative time cProfile reports.
-PARTS = [("set-up", "training/engine.py", "build_engine"), ("data", "eval/finetune.py", "batches"),
-         ("forward", "deepspeed/runtime/engine.py", "forward"), ("backward", "deepspeed/runtime/engine.py", "backward"),
-         ("optimizer", "deepspeed/runtime/engine.py", "step"), ("scoring", "eval/finetune.py", "score")]  # fmt: skip
+PARTS = ["set-up", "data", "forward", "backward", "optimizer", "scoring"]
+
+
+class Parts:
+    """Wall time of each part of a fine-tune: every call to a timed function that no other timed
+    call encloses (a forward pass while scoring is scoring's)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        self.depth += 1
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if not self.depth:
+                self.seconds[name] += time.perf_counter() - t0
+
+    def timed(self, name: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            with self.part(name):
+                return fn(*args, **kwargs)
+
+        return call
+
+    def timed_batches(self, batches: Callable) -> Callable:
+        """`Encoded.batches`, each batch's making timed as data."""
+
+        def each(data: Encoded, *args, **kwargs) -> Iterator[Batch]:
+            made = batches(data, *args, **kwargs)
+            while True:
+                with self.part("data"):
+                    batch = next(made, None)
+                if batch is None:
+                    return
+                yield batch
+
+        return each
+
+    def patches(self) -> list:
+        """Timers around fine-tuning's parts as they are when called (the old path's, once patched)."""
+        import eval.finetune as finetuning
+
+        return [mock.patch.object(finetuning, "build_engine", self.timed("set-up", finetuning.build_engine)),
+                mock.patch.object(Encoded, "batches", self.timed_batches(Encoded.batches)),
+                mock.patch.object(DeepSpeedEngine, "forward", self.timed("forward", DeepSpeedEngine.forward)),
+                mock.patch.object(DeepSpeedEngine, "backward", self.timed("backward", DeepSpeedEngine.backward)),
+                mock.patch.object(DeepSpeedEngine, "step", self.timed("optimizer", DeepSpeedEngine.step)),
+                mock.patch.object(finetuning, "score", self.timed("scoring", finetuning.score))]  # fmt: skip
+
+
+def old_optimizer(model: torch.nn.Module, train, device: torch.device) -> torch.optim.AdamW:
+    """AdamW as first built: fused on CUDA only, the per-parameter loop on CPU."""
+    return torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=train.betas,
+                             fused=device.type == "cuda")  # fmt: skip
+
+
+def old_engine(*args, **kwargs):
+    """`build_engine` with DeepSpeed reducing the gradients of its one process, as it first did."""
+    engine = build_engine(*args, **kwargs)
+    engine.enable_backward_allreduce = True
+    return engine
+
+
+def old_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, p: float) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=p)
+
+
+def old_code() -> list:
+    """The code of the old path where it differs from ours but for the task model and batches."""
+    return [mock.patch("training.model.dropout", F.dropout), mock.patch("training.model.attend", old_attend),
+            mock.patch("training.engine.optimizer", old_optimizer),
+            mock.patch("eval.finetune.build_engine", old_engine)]  # fmt: skip
 
 
 def unpacked(rows: list[Row], labels: list[float], pad: int, regression: bool) -> Batch:
@@ -77,11 +158,6 @@ class EveryPosition(TaskModel):
         return TaskOutput(scores, lm)
 
 
-def cumulative(stats: pstats.Stats, suffix: str, function: str) -> float:
-    """Seconds spent in a function and what it calls (outermost calls only)."""
-    return sum(row[3] for (file, _, name), row in stats.stats.items() if file.endswith(suffix) and name == function)
-
-
 def run(cfg: EvalConfig, task_name: str, run_dir: Path, seeds: list[int], device: torch.device) -> list[dict]:
     """One fine-tune per path and seed of one task; each row its time, parts and dev scores."""
     stages = json.loads((run_dir / "stages.json").read_text())
@@ -95,25 +171,31 @@ def run(cfg: EvalConfig, task_name: str, run_dir: Path, seeds: list[int], device
         raise SystemExit(f"error: {task_name} is not one of the config's eval.tasks")
     task, _, train, evals = encoded_task(task_cfg, tok, model_cfg.n_positions, Path(stages["data"]["dir"]))
     old = cfg.model_copy(update={"length_buckets": 0, "score_batch": cfg.micro_batch})
-    paths = {"old": (old, EveryPosition, unpacked), "ours": (cfg, TaskModel, collate_rows)}
+    # A process's first engine costs about a second more than the next ones: pay it before timing either path.
+    build_engine(GPT(model_cfg), train_config(cfg, 1), DeepSpeedConfig(zero_stage=0), device, 1, 1)
+    paths = {"old": (old, [mock.patch("eval.finetune.TaskModel", EveryPosition),
+                           mock.patch("eval.finetune.collate_rows", unpacked), *old_code()]),
+             "ours": (cfg, [])}  # fmt: skip
     rows = []
-    for label, (path_cfg, model_class, collate_fn) in paths.items():
+    for label, (path_cfg, patches) in paths.items():
         for seed in seeds:
             torch.manual_seed(seed)
             gpt = GPT(model_cfg)
             gpt.load_state_dict(weights)
-            profile = cProfile.Profile()
-            t0 = time.perf_counter()
-            with (mock.patch("eval.finetune.TaskModel", model_class),
-                  mock.patch("eval.finetune.collate_rows", collate_fn)):  # fmt: skip
-                scores = profile.runcall(finetune, task, gpt, train, evals, path_cfg, seed, cfg.lm_coef, device)
-            seconds = time.perf_counter() - t0
-            stats = pstats.Stats(profile)
-            parts = {name: cumulative(stats, suffix, function) for name, suffix, function in PARTS}
+            parts = Parts()
+            with contextlib.ExitStack() as stack:
+                for patch in patches:
+                    stack.enter_context(patch)
+                for patch in parts.patches():
+                    stack.enter_context(patch)
+                t0 = time.perf_counter()
+                scores = finetune(task, gpt, train, evals, path_cfg, seed, cfg.lm_coef, device)
+                seconds = time.perf_counter() - t0
             scored = sum(len(data) for data in evals.values())
-            rows.append({"task": task_name, "path": label, "seed": seed, "seconds": seconds, "parts": parts,
-                         "train_per_s": len(train) * path_cfg.epochs / (seconds - parts["scoring"]),
-                         "score_per_s": scored / parts["scoring"],
+            rows.append({"task": task_name, "path": label, "seed": seed, "seconds": seconds,
+                         "parts": {name: parts.seconds[name] for name in PARTS},
+                         "train_per_s": len(train) * path_cfg.epochs / (seconds - parts.seconds["scoring"]),
+                         "score_per_s": scored / parts.seconds["scoring"],
                          "score": scores[task.name][task.metric]})  # fmt: skip
             print(f"{task_name} {label} seed {seed}: {seconds:.1f} s, {task.metric} {rows[-1]['score']:.2f}",
                   flush=True)  # fmt: skip
@@ -134,7 +216,7 @@ def main() -> None:
 
     print(f"\n{cfg.run_dir}, {args.config}'s eval section, seeds {seeds}, {torch.get_num_threads()} threads")
     print(f"{'task':<16}{'path':<6}{'train ex/s':>11}{'score ex/s':>11}"
-          + "".join(f"{name:>10}" for name, _, _ in PARTS) + f"{'total s':>9}  dev score (mean ± spread)")  # fmt: skip
+          + "".join(f"{name:>10}" for name in PARTS) + f"{'total s':>9}  dev score (mean ± spread)")  # fmt: skip
     totals = {"old": 0.0, "ours": 0.0}
     for name in names:
         mean = {}
@@ -142,12 +224,12 @@ def main() -> None:
             mine = [r for r in rows if r["task"] == name and r["path"] == label]
             mean[label] = {key: statistics.fmean(r[key] for r in mine)
                            for key in ("train_per_s", "score_per_s", "seconds")}  # fmt: skip
-            parts = {part: statistics.fmean(r["parts"][part] for r in mine) for part, _, _ in PARTS}
+            parts = {part: statistics.fmean(r["parts"][part] for r in mine) for part in PARTS}
             scores = [r["score"] for r in mine]
             spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
             totals[label] += mean[label]["seconds"]
             print(f"{name:<16}{label:<6}{mean[label]['train_per_s']:>11.1f}{mean[label]['score_per_s']:>11.1f}"
-                  + "".join(f"{parts[part]:>10.1f}" for part, _, _ in PARTS)
+                  + "".join(f"{parts[part]:>10.1f}" for part in PARTS)
                   + f"{mean[label]['seconds']:>9.1f}  {statistics.fmean(scores):.2f} ± {spread:.2f}")  # fmt: skip
         print(f"{name:<16}ours / old: fine-tuning {mean['ours']['train_per_s'] / mean['old']['train_per_s']:.2f}×, "
               f"scoring {mean['ours']['score_per_s'] / mean['old']['score_per_s']:.2f}×, "

@@ -19,7 +19,7 @@ from torch import nn
 
 from eval.tasks import Kind
 from eval.transforms import Batch
-from training.model import GPT, lm_loss
+from training.model import GPT, Dropout, lm_loss
 
 
 class TaskOutput(NamedTuple):
@@ -31,7 +31,7 @@ class TaskModel(nn.Module):
     def __init__(self, gpt: GPT, kind: Kind, n_outputs: int, dropout: float):
         super().__init__()
         self.gpt, self.kind = gpt, kind
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.head = nn.Linear(gpt.cfg.n_embd, n_outputs)
         nn.init.normal_(self.head.weight, std=gpt.cfg.init_std)
         nn.init.zeros_(self.head.bias)

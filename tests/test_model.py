@@ -7,7 +7,7 @@ import torch
 
 from training.config import ModelConfig
 from training.export import hf_config, hf_state_dict
-from training.model import GPT, lm_loss
+from training.model import GPT, attend, dropout, lm_loss
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -29,6 +29,40 @@ def test_future_tokens_do_not_change_past_logits():
     before, after = model(idx).logits, model(changed).logits
     assert torch.allclose(before[:, :12], after[:, :12], atol=1e-6)
     assert not torch.allclose(before[:, 12:], after[:, 12:])
+
+
+def test_future_tokens_do_not_change_past_logits_while_training_either():
+    model = GPT(tiny(dropout=0.3)).train()  # CPU: attention through `attend`'s math path
+    idx = torch.randint(0, 101, (2, 20), generator=torch.Generator().manual_seed(0))
+    changed = idx.clone()
+    changed[:, 12:] = (changed[:, 12:] + 1) % 101
+    torch.manual_seed(1)
+    before = model(idx).logits
+    torch.manual_seed(1)  # the same dropout masks
+    after = model(changed).logits
+    assert torch.allclose(before[:, :12], after[:, :12], atol=1e-6)
+
+
+def test_cpu_dropout_keeps_each_element_with_probability_1_minus_p_and_rescales_it():
+    x = torch.ones(200_000, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, 0.1)
+    kept = y != 0
+    assert kept.float().mean().item() == pytest.approx(0.9, abs=0.003)
+    assert torch.allclose(y[kept], torch.tensor(1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes where the element was kept, rescaled
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.1), y)  # torch's generator decides: seeded, the same masks
+    assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0) is x
+
+
+def test_attention_with_dropout_is_on_average_attention_without_it():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 1, 2, 6, 8).unbind(0)
+    exact = attend(q, k, v, None, 0.0)  # SDPA, causal
+    mean = torch.stack([attend(q, k, v, None, 0.2) for _ in range(4000)]).mean(0)
+    assert torch.allclose(mean, exact, atol=0.05)
 
 
 def test_weights_start_from_normal_0_02_and_biases_from_zero():

@@ -6,6 +6,10 @@ attention weights and residual branches, weights drawn from N(0, 0.02), and an o
 tied to the token embedding. No final LayerNorm. Parameter names follow `transformers`'
 `OpenAIGPTModel`, so export is a rename-free transpose of the projection weights.
 
+On CPU, dropout draws its masks 16 bits an element from 64-bit integers (`dropout`), and attention
+with dropout runs as SDPA's own math path with those masks (`attend`): PyTorch's CPU dropout draws
+every element on its own, at about 10 ns each, a sixth of a small model's fine-tuning step there.
+
 `forward` returns the final hidden states and the LM logits; task heads (in `eval/`) read the
 hidden states, the pretraining loss reads the logits.
 """
@@ -27,13 +31,42 @@ class Output(NamedTuple):
     logits: torch.Tensor | None  # (B, T, V) next-token logits; None when not asked for
 
 
+class Dropout(nn.Dropout):
+    """`nn.Dropout` through `dropout`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """`F.dropout`; on CPU, each element is kept where 16 random bits, four to a 64-bit draw from
+    torch's generator, clear p · 2^16 (3.5× faster forward and backward than F.dropout there)."""
+    if not training or not p or x.device.type != "cpu":
+        return F.dropout(x, p, training)
+    draws = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    keep = draws.view(torch.int16)[: x.numel()].view(x.shape) >= round(p * 2**16) - 2**15
+    return x * keep.to(x.dtype).mul_(1 / (1 - p))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, p: float) -> torch.Tensor:
+    """Scaled dot-product attention, causal or where `mask` is true, with dropout `p` on the weights:
+    SDPA (flash or memory-efficient kernels on GPU), or on CPU when training, SDPA's own math path
+    with `dropout`'s masks."""
+    if not p or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=p)
+    scores = q @ k.transpose(-2, -1) * (1 / math.sqrt(q.size(-1)))
+    if mask is None:
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
+    return dropout(scores.masked_fill(~mask, float("-inf")).softmax(dim=-1), p) @ v
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -41,8 +74,7 @@ class Attention(nn.Module):
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         # Causal attention, or `mask` (B, 1, T, T) where given; flash or memory-efficient kernels on GPU.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)  # fmt: skip
+        y = attend(q, k, v, mask, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -53,7 +85,7 @@ class MLP(nn.Module):
         inner = cfg.n_inner or 4 * cfg.n_embd
         self.c_fc = nn.Linear(cfg.n_embd, inner)
         self.c_proj = nn.Linear(inner, cfg.n_embd)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
@@ -80,7 +112,7 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tokens_embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.positions_embed = nn.Embedding(cfg.n_positions, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.apply(self._init)
 
