@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from deepspeed.runtime.engine import DeepSpeedEngine
 
+import eval.finetune as finetuning
 from eval.config import EvalConfig
 from eval.evaluate import encoded_task
 from eval.finetune import Encoded, finetune, train_config
@@ -43,7 +44,7 @@ from eval.transforms import Batch, Row, sequences
 from launch.config import load_config
 from tokenizer.bpe import BPETokenizer
 from training.checkpoint import load_weights, resolve
-from training.config import DeepSpeedConfig
+from training.config import DeepSpeedConfig, TrainConfig
 from training.engine import build_engine, param_groups
 from training.model import GPT, lm_loss
 from training.run import init_process
@@ -94,8 +95,6 @@ class Parts:
 
     def patches(self) -> list:
         """Timers around fine-tuning's parts as they are when called (the old path's, once patched)."""
-        import eval.finetune as finetuning
-
         return [mock.patch.object(finetuning, "build_engine", self.timed("set-up", finetuning.build_engine)),
                 mock.patch.object(Encoded, "batches", self.timed_batches(Encoded.batches)),
                 mock.patch.object(DeepSpeedEngine, "forward", self.timed("forward", DeepSpeedEngine.forward)),
@@ -104,7 +103,7 @@ class Parts:
                 mock.patch.object(finetuning, "score", self.timed("scoring", finetuning.score))]  # fmt: skip
 
 
-def old_optimizer(model: torch.nn.Module, train, device: torch.device) -> torch.optim.AdamW:
+def old_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW as first built: fused on CUDA only, the per-parameter loop on CPU."""
     return torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=train.betas,
                              fused=device.type == "cuda")  # fmt: skip
