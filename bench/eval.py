@@ -1,4 +1,4 @@
-"""Fine-tuning and scoring throughput: the old path against ours, same task, same process.
+"""Fine-tuning and scoring throughput: the old path against ours, same task, same session.
 
     python -m bench.eval [--config configs/tiny.yaml] [--tasks proxy_shuffle,proxy_order] [--seeds 0,1]
 
@@ -12,7 +12,9 @@ the auxiliary loss), once per seed along each path:
 - `ours`, the code and config as they are: batches of about one length, an example's sequences
   in one row that holds their shared beginning once (built once, when the task is tokenised), the
   LM head only where there is a next token and never when scoring, scoring `score_batch` examples
-  at a time under inference mode, `training.model.dropout`, fused AdamW, no reduction alone.
+  at a time under inference mode, `training.model.dropout`, fused AdamW, no reduction alone;
+- `pool`, when the config's `eval.workers` is above 1: ours as the eval stage runs it, every seed
+  at once in worker processes (`eval.pool`), timed from the workers' start (wall time only).
 Prints examples/s of fine-tuning and of scoring, the ratio, where the time goes (set-up, data,
 forward, backward, optimizer, scoring: wall time of each outermost call), and each path's dev
 scores with their spread over the seeds. Needs the run's pretrain stage (`gpt1 train CONFIG`).
@@ -36,10 +38,12 @@ import torch.nn.functional as F
 from deepspeed.runtime.engine import DeepSpeedEngine
 
 import eval.finetune as finetuning
-from eval.config import EvalConfig
-from eval.evaluate import encoded_task
+from eval.config import EvalConfig, TaskConfig
+from eval.evaluate import Runs, encoded_task, workers
 from eval.finetune import Encoded, finetune, train_config
 from eval.heads import TaskModel, TaskOutput
+from eval.pool import Pool
+from eval.tasks import get_task
 from eval.transforms import Batch, Row, sequences
 from launch.config import load_config
 from tokenizer.bpe import BPETokenizer
@@ -198,7 +202,25 @@ def run(cfg: EvalConfig, task_name: str, run_dir: Path, seeds: list[int], device
                          "score": scores[task.name][task.metric]})  # fmt: skip
             print(f"{task_name} {label} seed {seed}: {seconds:.1f} s, {task.metric} {rows[-1]['score']:.2f}",
                   flush=True)  # fmt: skip
+    if workers(cfg) > 1:
+        rows += pooled(cfg, task_cfg, folder, Path(stages["data"]["dir"]), seeds, len(train))
     return rows
+
+
+def pooled(cfg: EvalConfig, task_cfg: TaskConfig, folder: Path, data_dir: Path, seeds: list[int],
+           examples: int) -> list[dict]:  # fmt: skip
+    """Our path as the eval stage runs it with `eval.workers` above 1: every seed at once, each in a
+    worker process; timed from the workers' start to the last score, so each row is the wall time
+    of all of them divided by their number."""
+    t0 = time.perf_counter()
+    with Pool(Runs, (folder, data_dir), workers(cfg)) as pool:
+        runs = [job.result() for job in [pool.submit("run", task_cfg, cfg, "full", seed) for seed in seeds]]
+    seconds = (time.perf_counter() - t0) / len(seeds)
+    task = get_task(task_cfg.name)
+    print(f"{task.name} {workers(cfg)} workers, seeds {seeds}: {seconds * len(seeds):.1f} s", flush=True)
+    return [{"task": task.name, "path": "pool", "seed": run["seed"], "seconds": seconds, "parts": None,
+             "train_per_s": examples * cfg.epochs / seconds, "score_per_s": None,
+             "score": run["scores"][task.name][task.metric]} for run in runs]  # fmt: skip
 
 
 def main() -> None:
@@ -216,26 +238,37 @@ def main() -> None:
     print(f"\n{cfg.run_dir}, {args.config}'s eval section, seeds {seeds}, {torch.get_num_threads()} threads")
     print(f"{'task':<16}{'path':<6}{'train ex/s':>11}{'score ex/s':>11}"
           + "".join(f"{name:>10}" for name in PARTS) + f"{'total s':>9}  dev score (mean ± spread)")  # fmt: skip
-    totals = {"old": 0.0, "ours": 0.0}
+    labels = dict.fromkeys(r["path"] for r in rows)
+    totals = dict.fromkeys(labels, 0.0)
     for name in names:
         mean = {}
-        for label in ("old", "ours"):
+        for label in labels:
             mine = [r for r in rows if r["task"] == name and r["path"] == label]
-            mean[label] = {key: statistics.fmean(r[key] for r in mine)
-                           for key in ("train_per_s", "score_per_s", "seconds")}  # fmt: skip
-            parts = {part: statistics.fmean(r["parts"][part] for r in mine) for part in PARTS}
+            mean[label] = {key: statistics.fmean(r[key] for r in mine) for key in ("train_per_s", "seconds")}
+            mean[label]["score_per_s"] = None if mine[0]["parts"] is None else statistics.fmean(
+                r["score_per_s"] for r in mine)  # fmt: skip
             scores = [r["score"] for r in mine]
             spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
             totals[label] += mean[label]["seconds"]
-            print(f"{name:<16}{label:<6}{mean[label]['train_per_s']:>11.1f}{mean[label]['score_per_s']:>11.1f}"
-                  + "".join(f"{parts[part]:>10.1f}" for part in PARTS)
+            if mine[0]["parts"] is None:  # run elsewhere: only its wall time is known
+                measured = f"{'-':>11}" + "".join(f"{'-':>10}" for _ in PARTS)
+            else:
+                parts = {part: statistics.fmean(r["parts"][part] for r in mine) for part in PARTS}
+                measured = f"{mean[label]['score_per_s']:>11.1f}" + "".join(
+                    f"{parts[part]:>10.1f}" for part in PARTS)  # fmt: skip
+            print(f"{name:<16}{label:<6}{mean[label]['train_per_s']:>11.1f}" + measured
                   + f"{mean[label]['seconds']:>9.1f}  {statistics.fmean(scores):.2f} ± {spread:.2f}")  # fmt: skip
-        print(f"{name:<16}ours / old: fine-tuning {mean['ours']['train_per_s'] / mean['old']['train_per_s']:.2f}×, "
-              f"scoring {mean['ours']['score_per_s'] / mean['old']['score_per_s']:.2f}×, "
-              f"whole run {mean['old']['seconds'] / mean['ours']['seconds']:.2f}×")  # fmt: skip
+        for label in [label for label in labels if label != "old"]:
+            scoring = mean[label]["score_per_s"]
+            print(f"{name:<16}{label} / old: fine-tuning "
+                  f"{mean[label]['train_per_s'] / mean['old']['train_per_s']:.2f}×, "
+                  + ("" if scoring is None else f"scoring {scoring / mean['old']['score_per_s']:.2f}×, ")
+                  + f"whole run {mean['old']['seconds'] / mean[label]['seconds']:.2f}×")  # fmt: skip
     print(
-        f"every task, one seed: old {totals['old']:.0f} s, ours {totals['ours']:.0f} s, "
-        f"{totals['old'] / totals['ours']:.2f}×"
+        "every task, one seed: "
+        + ", ".join(f"{label} {totals[label]:.0f} s" for label in labels)
+        + "; "
+        + ", ".join(f"{label} {totals['old'] / totals[label]:.2f}×" for label in labels if label != "old")
     )
 
 

@@ -69,6 +69,9 @@ class EvalConfig(BaseModel):
     """One fine-tune per seed; several give a mean and spread."""
     ablations: list[Literal["no_pretrain", "no_aux"]] = Field(default_factory=list)
     """Extra runs: from random initialisation, and without the auxiliary LM loss."""
+    workers: int | None = Field(None, gt=0, json_schema_extra={"hashed": False})
+    """Fine-tunes run at once, each in a worker process with its own GPU, or on CPU its share of the
+    threads; null is one per GPU, or one on CPU (`eval/pool.py` says when more pay on CPU)."""
 
     @model_validator(mode="after")
     def _micro_divides_batch(self) -> EvalConfig:

@@ -4,6 +4,7 @@ variant (the full recipe, plus the ablations asked for), and write `<task>/resul
 Variants: `full` (pretrained weights, auxiliary LM loss at `lm_coef`), `no_pretrain` (the same
 architecture from random initialisation), `no_aux` (pretrained, `lm_coef` 0). A task's results
 file is written when all its runs are done, so an interrupted stage redoes only unfinished tasks.
+With `eval.workers` above 1 the runs go to that many worker processes (`eval.pool`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import torch
 from eval.config import EvalConfig, TaskConfig
 from eval.finetune import Encoded, finetune
 from eval.metrics import glue_average
+from eval.pool import Pool
 from eval.tasks import PROXIES, Task, get_task, load_split
 from pipeline.runner import sha256_file, write_json_atomic
 from tokenizer.bpe import BPETokenizer
 from training.checkpoint import WEIGHTS, load_weights, resolve
-from training.config import ModelConfig
 from training.model import GPT
 
 log = logging.getLogger("gpt1.eval")
@@ -36,27 +37,38 @@ VARIANTS = {"full": (True, True), "no_pretrain": (False, True), "no_aux": (True,
 
 def run_eval(cfg: EvalConfig, checkpoint: Path, data_dir: Path | None, out: Path) -> dict[str, Any]:
     """Fine-tune and score every task of `cfg` from `checkpoint` (a step folder or a pretrain output);
-    `data_dir` (the data stage's output) feeds the proxy tasks."""
-    from training.run import init_process
-
+    `data_dir` (the data stage's output) feeds the proxy tasks. The runs of every unfinished task go
+    out at once, to `workers` processes (`eval.pool`); a task's results are written as its last run ends."""
     if not cfg.tasks:
         return {"tasks": {}, "glue": None}
-    device = init_process()
     folder = resolve(checkpoint)
-    model_cfg, weights = load_weights(folder)
-    tok = BPETokenizer.load(folder / "tokenizer")
     provenance = {"path": str(folder), "sha256": sha256_file(folder / WEIGHTS)}
-    tasks = {}
-    for task_cfg in cfg.tasks:
-        path = out / task_cfg.name / RESULTS
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, eval_task(task_cfg, cfg, model_cfg, weights, tok, data_dir, device, provenance))
-        tasks[task_cfg.name] = json.loads(path.read_text())["summary"]
+    pending = [t for t in cfg.tasks if not (out / t.name / RESULTS).exists()]
+    variants = ["full", *cfg.ablations]
+    runs = len(variants) * len(cfg.seeds)
+    if pending:
+        with Pool(Runs, (folder, data_dir), min(workers(cfg), runs * len(pending))) as pool:
+            jobs = [(t, pool.submit("describe", t), [pool.submit("run", t, cfg, variant, seed)
+                                                     for variant in variants for seed in cfg.seeds])
+                    for t in pending]  # fmt: skip
+            for task_cfg, description, task_runs in jobs:
+                result = description.result() | {"checkpoint": provenance,
+                                                  "config": cfg.model_dump(mode="json", exclude={"tasks"})}  # fmt: skip
+                result["runs"] = [job.result() for job in task_runs]
+                result["summary"] = summarize(result["runs"])
+                path = out / task_cfg.name / RESULTS
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(path, result)
+    tasks = {t.name: json.loads((out / t.name / RESULTS).read_text())["summary"] for t in cfg.tasks}
     full = {name: {m: s["mean"] for m, s in metrics.items()}
             for summary in tasks.values() for name, metrics in summary.get("full", {}).items()}  # fmt: skip
     glue = glue_average(full)
     return {"tasks": tasks, "glue": None if glue is None else {"average": glue[0], "tasks": glue[1]}}
+
+
+def workers(cfg: EvalConfig) -> int:
+    """`eval.workers`, or by default one per GPU (one on CPU)."""
+    return cfg.workers or max(1, torch.cuda.device_count())
 
 
 def encoded_task(task_cfg: TaskConfig, tok: BPETokenizer, max_len: int,
@@ -72,35 +84,50 @@ def encoded_task(task_cfg: TaskConfig, tok: BPETokenizer, max_len: int,
     return task, source, train, evals
 
 
-def eval_task(task_cfg: TaskConfig, cfg: EvalConfig, model_cfg: ModelConfig, weights: dict[str, torch.Tensor],
-              tok: BPETokenizer, data_dir: Path | None, device: torch.device,
-              provenance: dict) -> dict[str, Any]:  # fmt: skip
-    """Every run of one task, and their mean and spread per variant."""
-    task, source, train, evals = encoded_task(task_cfg, tok, model_cfg.n_positions, data_dir)
-    log.info("%s (%s): %d train examples; scored on %s", task.name, task.kind, len(train),
-             ", ".join(f"{name} ({len(data)})" for name, data in evals.items()))  # fmt: skip
-    runs = []
-    for variant in ["full", *cfg.ablations]:
+class Runs:
+    """One process's share of the stage, made once there: the process group and device, the
+    checkpoint's weights and tokenizer, and each task tokenised once, for every variant and seed."""
+
+    def __init__(self, checkpoint: Path, data_dir: Path | None):
+        from training.run import init_process
+
+        self.device = init_process()
+        self.model_cfg, self.weights = load_weights(checkpoint)
+        self.tok = BPETokenizer.load(checkpoint / "tokenizer")
+        self.data_dir = data_dir
+        self.tasks: dict[str, tuple[Task, dict[str, Any], Encoded, dict[str, Encoded]]] = {}
+
+    def task(self, task_cfg: TaskConfig) -> tuple[Task, dict[str, Any], Encoded, dict[str, Encoded]]:
+        if task_cfg.name not in self.tasks:
+            self.tasks[task_cfg.name] = encoded_task(task_cfg, self.tok, self.model_cfg.n_positions, self.data_dir)
+        return self.tasks[task_cfg.name]
+
+    def describe(self, task_cfg: TaskConfig) -> dict[str, Any]:
+        """What a task's results say of the task and its data."""
+        task, source, train, evals = self.task(task_cfg)
+        log.info("%s (%s): %d train examples; scored on %s", task.name, task.kind, len(train),
+                 ", ".join(f"{name} ({len(data)})" for name, data in evals.items()))  # fmt: skip
+        return {
+            "task": task.name, "kind": task.kind, "metric": task.metric, "metrics": [task.metric, *task.extra_metrics],
+            "labels": list(task.labels), "source": {k: str(v) for k, v in source.items() if v is not None},
+            "train": {"split": task.train, "n": len(train)},
+            "splits": {name: {"split": split, "n": len(evals[name])} for name, split in task.scores.items()},
+        }  # fmt: skip
+
+    def run(self, task_cfg: TaskConfig, cfg: EvalConfig, variant: str, seed: int) -> dict[str, Any]:
+        """One fine-tune of a task, and its scores."""
+        task, _, train, evals = self.task(task_cfg)
         pretrained, aux = VARIANTS[variant]
-        for seed in cfg.seeds:
-            torch.manual_seed(seed)
-            gpt = GPT(model_cfg)
-            if pretrained:
-                gpt.load_state_dict(weights)
-            t0 = time.perf_counter()
-            scores = finetune(task, gpt, train, evals, cfg, seed, cfg.lm_coef if aux else 0.0, device)
-            runs.append({"variant": variant, "seed": seed, "pretrained": pretrained, "lm_coef": cfg.lm_coef if aux
-                         else 0.0, "scores": scores, "seconds": round(time.perf_counter() - t0, 2)})  # fmt: skip
-            log.info("%s %s seed %d: %s", task.name, variant, seed, "; ".join(
-                f"{name} {task.metric} {s[task.metric]:.2f}" for name, s in scores.items()))  # fmt: skip
-    return {
-        "task": task.name, "kind": task.kind, "metric": task.metric, "metrics": [task.metric, *task.extra_metrics],
-        "labels": list(task.labels), "source": {k: str(v) for k, v in source.items() if v is not None},
-        "train": {"split": task.train, "n": len(train)},
-        "splits": {name: {"split": split, "n": len(evals[name])} for name, split in task.scores.items()},
-        "checkpoint": provenance, "config": cfg.model_dump(mode="json", exclude={"tasks"}),
-        "runs": runs, "summary": summarize(runs),
-    }  # fmt: skip
+        torch.manual_seed(seed)
+        gpt = GPT(self.model_cfg)
+        if pretrained:
+            gpt.load_state_dict(self.weights)
+        t0 = time.perf_counter()
+        scores = finetune(task, gpt, train, evals, cfg, seed, cfg.lm_coef if aux else 0.0, self.device)
+        log.info("%s %s seed %d: %s", task.name, variant, seed, "; ".join(
+            f"{name} {task.metric} {s[task.metric]:.2f}" for name, s in scores.items()))  # fmt: skip
+        return {"variant": variant, "seed": seed, "pretrained": pretrained, "lm_coef": cfg.lm_coef if aux else 0.0,
+                "scores": scores, "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:

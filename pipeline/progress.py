@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -11,8 +12,10 @@ T = TypeVar("T")
 
 
 def progress_bar() -> Progress:
+    """A bar, drawn only in a process that `multiprocessing` did not start: workers sharing their
+    parent's terminal would draw over each other."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True)  # fmt: skip
+                    transient=True, disable=multiprocessing.parent_process() is not None)  # fmt: skip
 
 
 def tracked(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
