@@ -74,7 +74,7 @@ class Pool:
             initargs=(self.make, self.args, slots, gpus, threads, os.getpid(),
                       logging.getLogger().getEffectiveLevel()),
         )  # fmt: skip
-        log.info("%d worker processes, each with %s", self.workers, "a GPU" if gpus else f"{threads} CPU threads")
+        log.info("%d worker processes (%s each)", self.workers, "a GPU" if gpus else f"torch threads: {threads}")
         return self
 
     def submit(self, method: str, *args: Any) -> Later | concurrent.futures.Future:
