@@ -214,7 +214,7 @@ def pooled(cfg: EvalConfig, task_cfg: TaskConfig, folder: Path, data_dir: Path, 
     of all of them divided by their number."""
     t0 = time.perf_counter()
     with Pool(Runs, (folder, data_dir), workers(cfg)) as pool:
-        runs = [job.result() for job in [pool.submit("run", task_cfg, cfg, "full", seed) for seed in seeds]]
+        runs = [job.result()[1] for job in [pool.submit("run", task_cfg, cfg, "full", seed) for seed in seeds]]
     seconds = (time.perf_counter() - t0) / len(seeds)
     task = get_task(task_cfg.name)
     print(f"{task.name} {workers(cfg)} workers, seeds {seeds}: {seconds * len(seeds):.1f} s", flush=True)

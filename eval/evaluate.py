@@ -45,17 +45,17 @@ def run_eval(cfg: EvalConfig, checkpoint: Path, data_dir: Path | None, out: Path
     provenance = {"path": str(folder), "sha256": sha256_file(folder / WEIGHTS)}
     pending = [t for t in cfg.tasks if not (out / t.name / RESULTS).exists()]
     variants = ["full", *cfg.ablations]
-    runs = len(variants) * len(cfg.seeds)
     if pending:
-        with Pool(Runs, (folder, data_dir), min(workers(cfg), runs * len(pending))) as pool:
-            jobs = [(t, pool.submit("describe", t), [pool.submit("run", t, cfg, variant, seed)
-                                                     for variant in variants for seed in cfg.seeds])
+        n_runs = len(pending) * len(variants) * len(cfg.seeds)
+        with Pool(Runs, (folder, data_dir), min(workers(cfg), n_runs)) as pool:
+            jobs = [(t, [pool.submit("run", t, cfg, variant, seed) for variant in variants for seed in cfg.seeds])
                     for t in pending]  # fmt: skip
-            for task_cfg, description, task_runs in jobs:
-                result = description.result() | {"checkpoint": provenance,
-                                                  "config": cfg.model_dump(mode="json", exclude={"tasks"})}  # fmt: skip
-                result["runs"] = [job.result() for job in task_runs]
-                result["summary"] = summarize(result["runs"])
+            config = cfg.model_dump(mode="json", exclude={"tasks"})
+            for task_cfg, task_runs in jobs:
+                done = [job.result() for job in task_runs]
+                runs = [run for _, run in done]
+                result = done[0][0] | {"checkpoint": provenance, "config": config, "runs": runs,
+                                       "summary": summarize(runs)}  # fmt: skip
                 path = out / task_cfg.name / RESULTS
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(path, result)
@@ -99,24 +99,16 @@ class Runs:
 
     def task(self, task_cfg: TaskConfig) -> tuple[Task, dict[str, Any], Encoded, dict[str, Encoded]]:
         if task_cfg.name not in self.tasks:
-            self.tasks[task_cfg.name] = encoded_task(task_cfg, self.tok, self.model_cfg.n_positions, self.data_dir)
+            task, source, train, evals = encoded_task(task_cfg, self.tok, self.model_cfg.n_positions, self.data_dir)
+            log.info("%s (%s): %d train examples; scored on %s", task.name, task.kind, len(train),
+                     ", ".join(f"{name} ({len(data)})" for name, data in evals.items()))  # fmt: skip
+            self.tasks[task_cfg.name] = task, source, train, evals
         return self.tasks[task_cfg.name]
 
-    def describe(self, task_cfg: TaskConfig) -> dict[str, Any]:
-        """What a task's results say of the task and its data."""
+    def run(self, task_cfg: TaskConfig, cfg: EvalConfig, variant: str, seed: int) -> tuple[dict, dict]:
+        """One fine-tune of a task: what the task's results say of the task and its data, and the run
+        with its scores."""
         task, source, train, evals = self.task(task_cfg)
-        log.info("%s (%s): %d train examples; scored on %s", task.name, task.kind, len(train),
-                 ", ".join(f"{name} ({len(data)})" for name, data in evals.items()))  # fmt: skip
-        return {
-            "task": task.name, "kind": task.kind, "metric": task.metric, "metrics": [task.metric, *task.extra_metrics],
-            "labels": list(task.labels), "source": {k: str(v) for k, v in source.items() if v is not None},
-            "train": {"split": task.train, "n": len(train)},
-            "splits": {name: {"split": split, "n": len(evals[name])} for name, split in task.scores.items()},
-        }  # fmt: skip
-
-    def run(self, task_cfg: TaskConfig, cfg: EvalConfig, variant: str, seed: int) -> dict[str, Any]:
-        """One fine-tune of a task, and its scores."""
-        task, _, train, evals = self.task(task_cfg)
         pretrained, aux = VARIANTS[variant]
         torch.manual_seed(seed)
         gpt = GPT(self.model_cfg)
@@ -126,8 +118,15 @@ class Runs:
         scores = finetune(task, gpt, train, evals, cfg, seed, cfg.lm_coef if aux else 0.0, self.device)
         log.info("%s %s seed %d: %s", task.name, variant, seed, "; ".join(
             f"{name} {task.metric} {s[task.metric]:.2f}" for name, s in scores.items()))  # fmt: skip
-        return {"variant": variant, "seed": seed, "pretrained": pretrained, "lm_coef": cfg.lm_coef if aux else 0.0,
-                "scores": scores, "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+        described = {
+            "task": task.name, "kind": task.kind, "metric": task.metric, "metrics": [task.metric, *task.extra_metrics],
+            "labels": list(task.labels), "source": {k: str(v) for k, v in source.items() if v is not None},
+            "train": {"split": task.train, "n": len(train)},
+            "splits": {name: {"split": split, "n": len(evals[name])} for name, split in task.scores.items()},
+        }  # fmt: skip
+        return described, {"variant": variant, "seed": seed, "pretrained": pretrained,
+                           "lm_coef": cfg.lm_coef if aux else 0.0, "scores": scores,
+                           "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
