@@ -1,6 +1,7 @@
 """Fine-tuning and scoring throughput: the old path against ours, same task, same session.
 
     python -m bench.eval [--config configs/tiny.yaml] [--tasks proxy_shuffle,proxy_order] [--seeds 0,1]
+    python -m bench.eval --race 512 [--preset gpt1]     # on a GPU: RACE's shape, no run needed
 
 Fine-tunes each task from the run's pretrained checkpoint (the `full` variant: pretrained, with
 the auxiliary loss), once per seed along each path:
@@ -18,6 +19,8 @@ the auxiliary loss), once per seed along each path:
 Prints examples/s of fine-tuning and of scoring, the ratio, where the time goes (set-up, data,
 forward, backward, optimizer, scoring: wall time of each outermost call), and each path's dev
 scores with their spread over the seeds. Needs the run's pretrain stage (`gpt1 train CONFIG`).
+`--race N` times instead N RACE-shaped examples (made-up words: every choice 512 tokens, four to an
+example) on the preset at random weights, with the paper's batch of 32 in micro-batches of 8.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import argparse
 import contextlib
 import functools
 import json
+import random
 import statistics
 import time
 from collections import defaultdict
@@ -43,16 +47,19 @@ from eval.evaluate import Runs, encoded_task, workers
 from eval.finetune import Encoded, finetune, train_config
 from eval.heads import TaskModel, TaskOutput
 from eval.pool import Pool
-from eval.tasks import get_task
+from eval.tasks import Example, Task, get_task
 from eval.transforms import Batch, Row, sequences
 from launch.config import load_config
 from tokenizer.bpe import BPETokenizer
+from tokenizer.config import TokenizerConfig
+from tokenizer.train import train as train_tokenizer
 from training.checkpoint import load_weights, resolve
-from training.config import DeepSpeedConfig, TrainConfig
+from training.config import DeepSpeedConfig, ModelConfig, TrainConfig
 from training.engine import build_engine, param_groups
 from training.model import GPT, lm_loss
 from training.run import init_process
 
+GPT1_VOCAB = 40_478  # the paper's BPE vocabulary
 PARTS = ["set-up", "data", "forward", "backward", "optimizer", "scoring"]
 
 
@@ -161,8 +168,10 @@ class EveryPosition(TaskModel):
         return TaskOutput(scores, lm)
 
 
-def run(cfg: EvalConfig, task_name: str, run_dir: Path, seeds: list[int], device: torch.device) -> list[dict]:
-    """One fine-tune per path and seed of one task; each row its time, parts and dev scores."""
+def from_run(cfg: EvalConfig, task_name: str, run_dir: Path) -> tuple[Task, Encoded, dict[str, Encoded], ModelConfig,
+                                                                     dict[str, torch.Tensor], Path, Path]:  # fmt: skip
+    """A task of the config, tokenised as the eval stage does, with the run's pretrained checkpoint
+    (its config, weights and folder) and data stage folder."""
     stages = json.loads((run_dir / "stages.json").read_text())
     if "pretrain" not in stages:
         raise SystemExit(f"error: {run_dir} has no pretrain stage: run gpt1 train on this config first")
@@ -173,6 +182,36 @@ def run(cfg: EvalConfig, task_name: str, run_dir: Path, seeds: list[int], device
     if task_cfg is None:
         raise SystemExit(f"error: {task_name} is not one of the config's eval.tasks")
     task, _, train, evals = encoded_task(task_cfg, tok, model_cfg.n_positions, Path(stages["data"]["dir"]))
+    return task, train, evals, model_cfg, weights, folder, Path(stages["data"]["dir"])
+
+
+def race_shaped(preset: str, examples: int) -> tuple[Task, Encoded, dict[str, Encoded], ModelConfig,
+                                                      dict[str, torch.Tensor]]:  # fmt: skip
+    """RACE's shape in made-up words: a passage long enough that every choice's sequence fills 512
+    positions, four 8-word answers; `examples` to train on and half as many to score, and the model
+    at random weights with GPT-1's 40,478-id vocabulary (throughput does not depend on the weights)."""
+    rng = random.Random(0)
+    words = ["".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(3)) for _ in range(400)]
+
+    def example() -> Example:
+        passage = " ".join(rng.choices(words, k=600))
+        return Example(passage, choices=tuple(" ".join(rng.choices(words, k=8)) for _ in range(4)),
+                       label=rng.randrange(4))  # fmt: skip
+
+    tok = train_tokenizer(TokenizerConfig(merges=600, min_frequency=1), lambda: iter([" ".join(words)] * 4))
+    task = get_task("race")
+    model_cfg = ModelConfig(preset=preset, vocab_size=GPT1_VOCAB, n_positions=512)
+    torch.manual_seed(0)
+    weights = GPT(model_cfg).state_dict()
+    train, dev = (Encoded(task, [example() for _ in range(n)], tok, 512) for n in (examples, examples // 2))
+    return task, train, {task.name: dev}, model_cfg, weights
+
+
+def compare(task: Task, train: Encoded, evals: dict[str, Encoded], model_cfg: ModelConfig,
+            weights: dict[str, torch.Tensor], cfg: EvalConfig, seeds: list[int],
+            device: torch.device) -> list[dict]:  # fmt: skip
+    """One fine-tune per path and seed of one task; each row its time, parts and dev scores."""
+    task_name = task.name
     old = cfg.model_copy(update={"length_buckets": 0, "score_batch": cfg.micro_batch})
     # A process's first engine costs about a second more than the next ones: pay it before timing either path.
     build_engine(GPT(model_cfg), train_config(cfg, 1), DeepSpeedConfig(zero_stage=0), device, 1, 1)
@@ -202,8 +241,6 @@ def run(cfg: EvalConfig, task_name: str, run_dir: Path, seeds: list[int], device
                          "score": scores[task.name][task.metric]})  # fmt: skip
             print(f"{task_name} {label} seed {seed}: {seconds:.1f} s, {task.metric} {rows[-1]['score']:.2f}",
                   flush=True)  # fmt: skip
-    if workers(cfg) > 1:
-        rows += pooled(cfg, task_cfg, folder, Path(stages["data"]["dir"]), seeds, len(train))
     return rows
 
 
@@ -228,14 +265,34 @@ def main() -> None:
     parser.add_argument("--config", default="configs/tiny.yaml")
     parser.add_argument("--tasks", help="comma-separated (default: every task of the config's eval section)")
     parser.add_argument("--seeds", default="0,1", help="comma-separated")
+    parser.add_argument(
+        "--race",
+        type=int,
+        metavar="EXAMPLES",
+        help="instead, RACE-shaped examples (512 tokens, 4 choices) on a random-weight model",
+    )
+    parser.add_argument("--preset", default="gpt1", help="the model for --race (debug: a CPU dry run)")
     args = parser.parse_args()
-    cfg = load_config(args.config)
     seeds = [int(s) for s in args.seeds.split(",")]
-    names = args.tasks.split(",") if args.tasks else [t.name for t in cfg.eval.tasks]
     device = init_process()
-    rows = [row for name in names for row in run(cfg.eval, name, cfg.run_dir, seeds, device)]
+    rows = []
+    if args.race:
+        cfg = EvalConfig(batch_size=32, micro_batch=8, score_batch=32, epochs=1)  # the paper's batch, as 4 × 8
+        rows = compare(*race_shaped(args.preset, args.race), cfg, seeds, device)
+        names, where = ["race"], f"RACE-shaped, {args.race} examples, {args.preset} preset, {device}"
+    else:
+        config = load_config(args.config)
+        cfg = config.eval
+        names = args.tasks.split(",") if args.tasks else [t.name for t in cfg.tasks]
+        for name in names:
+            task, train, evals, model_cfg, weights, folder, data_dir = from_run(cfg, name, config.run_dir)
+            rows += compare(task, train, evals, model_cfg, weights, cfg, seeds, device)
+            if workers(cfg) > 1:
+                task_cfg = next(t for t in cfg.tasks if t.name == name)
+                rows += pooled(cfg, task_cfg, folder, data_dir, seeds, len(train))
+        where = f"{config.run_dir}, {args.config}'s eval section"
 
-    print(f"\n{cfg.run_dir}, {args.config}'s eval section, seeds {seeds}, {torch.get_num_threads()} threads")
+    print(f"\n{where}, seeds {seeds}, {torch.get_num_threads()} threads")
     print(f"{'task':<16}{'path':<6}{'train ex/s':>11}{'score ex/s':>11}"
           + "".join(f"{name:>10}" for name in PARTS) + f"{'total s':>9}  dev score (mean ± spread)")  # fmt: skip
     labels = dict.fromkeys(r["path"] for r in rows)

@@ -7,8 +7,10 @@
 #   bench/gpu.sh             on the GPU machine: installs .gpu/wheels under /tmp/site (never Ray), then
 #                            python -m bench.train (GPT-1, context 512, bf16, micro-batch 16 and 32,
 #                            compile off and on, ZeRO 0, 1 and 2) and python -m bench.gpu_check (gpt1 train
-#                            on the tiny shards, stopped by SIGTERM, resumed, exported); writes
-#                            $OUT/train-gpu.txt (bench/results/ when OUT is unset)
+#                            on the tiny shards, stopped by SIGTERM, resumed, exported) and python -m
+#                            bench.eval --race (fine-tuning GPT-1 on RACE-shaped examples, 512 tokens x 4
+#                            choices, old path against ours); writes $OUT/train-gpu.txt (bench/results/
+#                            when OUT is unset)
 #   bench/gpu.sh --dry-run   the same steps on this machine's CPU at toy sizes, with the project's venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,11 +41,13 @@ if [ "$mode" = gpu ]; then
     results=${OUT:-bench/results}/train-gpu.txt
     bench=(--micro-batch 16,32 --compile off,on --zero 0,1,2)
     check=()
+    race=(--race 512)
 else
     [ -d .gpu/runs ] || "$PY" -m launch.cli shards build configs/tiny.yaml --set run.out_dir=.gpu/runs >/dev/null
     results=${OUT:-/tmp}/train-gpu-dry-run.txt
     bench=(--preset debug --seq-len 64 --micro-batch 2,4 --compile off,on --zero 0,1,2 --steps 2 --warmup 1)
     check=(--dry-run)
+    race=(--race 32 --preset debug --seeds 0)
 fi
 
 mkdir -p "$(dirname "$results")"
@@ -56,5 +60,8 @@ mkdir -p "$(dirname "$results")"
     echo
     echo "## python -m bench.gpu_check ${check[*]}"
     "$PY" -m bench.gpu_check "${check[@]}"
+    echo
+    echo "## python -m bench.eval ${race[*]}"
+    "$PY" -m bench.eval "${race[@]}"
 } | tee "$results"
 echo "written: $results"

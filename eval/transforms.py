@@ -67,11 +67,12 @@ def encode(example: Example, kind: Kind, tok: BPETokenizer, max_len: int) -> lis
         (text, _) = _fit(text, [], max_len - 2)
         return [[sp.start, *text, sp.extract]]
     if kind == "multiple_choice":
-        seqs = []
-        for choice in example.choices:
-            context, answer = _fit(text, tok.encode(choice), max_len - 3)
-            seqs.append([sp.start, *context, sp.delimiter, *answer, sp.extract])
-        return seqs
+        # One cut of the context, against the longest answer: every choice reads the same context
+        # (so a row holds it once), and only an answer longer than what is left is cut.
+        answers = [tok.encode(choice) for choice in example.choices]
+        context, _ = _fit(text, max(answers, key=len), max_len - 3)
+        return [[sp.start, *context, sp.delimiter, *answer[: max_len - 3 - len(context)], sp.extract]
+                for answer in answers]  # fmt: skip
     assert example.pair is not None, f"{kind} needs a pair"
     first, second = _fit(text, tok.encode(example.pair), max_len - 3)
     seqs = [[sp.start, *first, sp.delimiter, *second, sp.extract]]

@@ -19,7 +19,7 @@ from eval.heads import TaskModel, loss, task_loss
 from eval.metrics import accuracy, f1, glue_average, mcc, pearson, spearman
 from eval.report import results_section
 from eval.tasks import Example
-from eval.transforms import collate, encode, row, sequences
+from eval.transforms import collate, encode, row, sequences, shared
 from tokenizer.config import TokenizerConfig
 from tokenizer.train import train
 from training.config import ModelConfig
@@ -64,6 +64,17 @@ def test_truncation_cuts_the_longer_part_and_keeps_the_extract_token(tok):
     assert seq[-2 - len(tok.encode(short)) :] == [tok.specials.delimiter, *tok.encode(short), tok.specials.extract]
     (seq,) = encode(Example(short, long), "entailment", tok, 20)
     assert len(seq) == 20 and seq[1 : 1 + len(tok.encode(short))] == tok.encode(short)  # the shorter part is whole
+
+
+def test_a_cut_context_is_the_same_for_every_choice(tok):
+    """Cut against the longest answer, a long context is one shared beginning, read once per row."""
+    context, answers = " ".join(["river"] * 40), ("a lamp", "the old stone tower stood")
+    seqs = encode(Example(context, choices=answers), "multiple_choice", tok, 20)
+    assert max(len(seq) for seq in seqs) == 20 and all(seq[-1] == tok.specials.extract for seq in seqs)
+    (first, short), (second, long) = ((seq[: seq.index(tok.specials.delimiter)], seq) for seq in seqs)
+    assert first == second and short[len(first) + 1 : -1] == tok.encode(answers[0])
+    assert long[len(first) + 1 : -1] == tok.encode(answers[1])
+    assert shared(seqs) == len(first)  # the start and the context; the delimiter begins each rest
 
 
 def test_collate_pads_right_and_masks_padding_out_of_the_lm_targets(tok):
