@@ -43,17 +43,16 @@ from deepspeed.runtime.engine import DeepSpeedEngine
 
 import eval.finetune as finetuning
 from eval.config import EvalConfig, TaskConfig
-from eval.evaluate import Runs, encoded_task, workers
+from eval.evaluate import Runs, workers
 from eval.finetune import Encoded, finetune, train_config
 from eval.heads import TaskModel, TaskOutput
 from eval.pool import Pool
 from eval.tasks import Example, Task, get_task
 from eval.transforms import Batch, Row, sequences
 from launch.config import load_config
-from tokenizer.bpe import BPETokenizer
 from tokenizer.config import TokenizerConfig
 from tokenizer.train import train as train_tokenizer
-from training.checkpoint import load_weights, resolve
+from training.checkpoint import resolve
 from training.config import DeepSpeedConfig, ModelConfig, TrainConfig
 from training.engine import build_engine, param_groups
 from training.model import GPT, lm_loss
@@ -168,21 +167,12 @@ class EveryPosition(TaskModel):
         return TaskOutput(scores, lm)
 
 
-def from_run(cfg: EvalConfig, task_name: str, run_dir: Path) -> tuple[Task, Encoded, dict[str, Encoded], ModelConfig,
-                                                                     dict[str, torch.Tensor], Path, Path]:  # fmt: skip
-    """A task of the config, tokenised as the eval stage does, with the run's pretrained checkpoint
-    (its config, weights and folder) and data stage folder."""
+def pretrained(run_dir: Path) -> tuple[Path, Path]:
+    """The run's pretrained checkpoint folder and its data stage's output."""
     stages = json.loads((run_dir / "stages.json").read_text())
     if "pretrain" not in stages:
         raise SystemExit(f"error: {run_dir} has no pretrain stage: run gpt1 train on this config first")
-    folder = resolve(Path(stages["pretrain"]["dir"]))
-    model_cfg, weights = load_weights(folder)
-    tok = BPETokenizer.load(folder / "tokenizer")
-    task_cfg = next((t for t in cfg.tasks if t.name == task_name), None)
-    if task_cfg is None:
-        raise SystemExit(f"error: {task_name} is not one of the config's eval.tasks")
-    task, _, train, evals = encoded_task(task_cfg, tok, model_cfg.n_positions, Path(stages["data"]["dir"]))
-    return task, train, evals, model_cfg, weights, folder, Path(stages["data"]["dir"])
+    return resolve(Path(stages["pretrain"]["dir"])), Path(stages["data"]["dir"])
 
 
 def race_shaped(preset: str, examples: int) -> tuple[Task, Encoded, dict[str, Encoded], ModelConfig,
@@ -211,7 +201,6 @@ def compare(task: Task, train: Encoded, evals: dict[str, Encoded], model_cfg: Mo
             weights: dict[str, torch.Tensor], cfg: EvalConfig, seeds: list[int],
             device: torch.device) -> list[dict]:  # fmt: skip
     """One fine-tune per path and seed of one task; each row its time, parts and dev scores."""
-    task_name = task.name
     old = cfg.model_copy(update={"length_buckets": 0, "score_batch": cfg.micro_batch})
     # A process's first engine costs about a second more than the next ones: pay it before timing either path.
     build_engine(GPT(model_cfg), train_config(cfg, 1), DeepSpeedConfig(zero_stage=0), device, 1, 1)
@@ -234,12 +223,12 @@ def compare(task: Task, train: Encoded, evals: dict[str, Encoded], model_cfg: Mo
                 scores = finetune(task, gpt, train, evals, path_cfg, seed, cfg.lm_coef, device)
                 seconds = time.perf_counter() - t0
             scored = sum(len(data) for data in evals.values())
-            rows.append({"task": task_name, "path": label, "seed": seed, "seconds": seconds,
+            rows.append({"task": task.name, "path": label, "seed": seed, "seconds": seconds,
                          "parts": {name: parts.seconds[name] for name in PARTS},
                          "train_per_s": len(train) * path_cfg.epochs / (seconds - parts.seconds["scoring"]),
                          "score_per_s": scored / parts.seconds["scoring"],
                          "score": scores[task.name][task.metric]})  # fmt: skip
-            print(f"{task_name} {label} seed {seed}: {seconds:.1f} s, {task.metric} {rows[-1]['score']:.2f}",
+            print(f"{task.name} {label} seed {seed}: {seconds:.1f} s, {task.metric} {rows[-1]['score']:.2f}",
                   flush=True)  # fmt: skip
     return rows
 
@@ -284,11 +273,15 @@ def main() -> None:
         config = load_config(args.config)
         cfg = config.eval
         names = args.tasks.split(",") if args.tasks else [t.name for t in cfg.tasks]
+        folder, data_dir = pretrained(config.run_dir)
+        here = Runs(folder, data_dir)  # the checkpoint and tasks, loaded as the eval stage does
         for name in names:
-            task, train, evals, model_cfg, weights, folder, data_dir = from_run(cfg, name, config.run_dir)
-            rows += compare(task, train, evals, model_cfg, weights, cfg, seeds, device)
+            task_cfg = next((t for t in cfg.tasks if t.name == name), None)
+            if task_cfg is None:
+                raise SystemExit(f"error: {name} is not one of the config's eval.tasks")
+            task, _, train, evals = here.task(task_cfg)
+            rows += compare(task, train, evals, here.model_cfg, here.weights, cfg, seeds, device)
             if workers(cfg) > 1:
-                task_cfg = next(t for t in cfg.tasks if t.name == name)
                 rows += pooled(cfg, task_cfg, folder, data_dir, seeds, len(train))
         where = f"{config.run_dir}, {args.config}'s eval section"
 

@@ -96,19 +96,28 @@ class Runs:
         self.tok = BPETokenizer.load(checkpoint / "tokenizer")
         self.data_dir = data_dir
         self.tasks: dict[str, tuple[Task, dict[str, Any], Encoded, dict[str, Encoded]]] = {}
+        self.described: dict[str, dict[str, Any]] = {}
 
     def task(self, task_cfg: TaskConfig) -> tuple[Task, dict[str, Any], Encoded, dict[str, Encoded]]:
+        """The task tokenised, the first time it is asked for, and what its results say of it and its data."""
         if task_cfg.name not in self.tasks:
             task, source, train, evals = encoded_task(task_cfg, self.tok, self.model_cfg.n_positions, self.data_dir)
             log.info("%s (%s): %d train examples; scored on %s", task.name, task.kind, len(train),
                      ", ".join(f"{name} ({len(data)})" for name, data in evals.items()))  # fmt: skip
             self.tasks[task_cfg.name] = task, source, train, evals
+            self.described[task_cfg.name] = {
+                "task": task.name, "kind": task.kind, "metric": task.metric,
+                "metrics": [task.metric, *task.extra_metrics], "labels": list(task.labels),
+                "source": {k: str(v) for k, v in source.items() if v is not None},
+                "train": {"split": task.train, "n": len(train)},
+                "splits": {name: {"split": split, "n": len(evals[name])} for name, split in task.scores.items()},
+            }  # fmt: skip
         return self.tasks[task_cfg.name]
 
     def run(self, task_cfg: TaskConfig, cfg: EvalConfig, variant: str, seed: int) -> tuple[dict, dict]:
         """One fine-tune of a task: what the task's results say of the task and its data, and the run
         with its scores."""
-        task, source, train, evals = self.task(task_cfg)
+        task, _, train, evals = self.task(task_cfg)
         pretrained, aux = VARIANTS[variant]
         torch.manual_seed(seed)
         gpt = GPT(self.model_cfg)
@@ -118,15 +127,9 @@ class Runs:
         scores = finetune(task, gpt, train, evals, cfg, seed, cfg.lm_coef if aux else 0.0, self.device)
         log.info("%s %s seed %d: %s", task.name, variant, seed, "; ".join(
             f"{name} {task.metric} {s[task.metric]:.2f}" for name, s in scores.items()))  # fmt: skip
-        described = {
-            "task": task.name, "kind": task.kind, "metric": task.metric, "metrics": [task.metric, *task.extra_metrics],
-            "labels": list(task.labels), "source": {k: str(v) for k, v in source.items() if v is not None},
-            "train": {"split": task.train, "n": len(train)},
-            "splits": {name: {"split": split, "n": len(evals[name])} for name, split in task.scores.items()},
-        }  # fmt: skip
-        return described, {"variant": variant, "seed": seed, "pretrained": pretrained,
-                           "lm_coef": cfg.lm_coef if aux else 0.0, "scores": scores,
-                           "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+        run = {"variant": variant, "seed": seed, "pretrained": pretrained, "lm_coef": cfg.lm_coef if aux else 0.0,
+               "scores": scores, "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+        return self.described[task_cfg.name], run
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
