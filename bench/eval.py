@@ -208,8 +208,9 @@ def compare(task: Task, train: Encoded, evals: dict[str, Encoded], model_cfg: Mo
                            mock.patch("eval.finetune.collate_rows", unpacked), *old_code()]),
              "ours": (cfg, [])}  # fmt: skip
     rows = []
-    for label, (path_cfg, patches) in paths.items():
-        for seed in seeds:
+    # Seed by seed, each path in turn: a slow spell of the host then falls on both paths, not on one.
+    for seed in seeds:
+        for label, (path_cfg, patches) in paths.items():
             torch.manual_seed(seed)
             gpt = GPT(model_cfg)
             gpt.load_state_dict(weights)

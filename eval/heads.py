@@ -19,7 +19,8 @@ from torch import nn
 
 from eval.tasks import Kind
 from eval.transforms import Batch
-from training.model import GPT, Dropout, lm_loss
+from training.loss import chunked_lm_loss
+from training.model import GPT, Dropout
 
 
 class TaskOutput(NamedTuple):
@@ -53,7 +54,9 @@ class TaskModel(nn.Module):
         lm = None
         if lm_targets is not None:
             has_next = lm_targets >= 0
-            lm = lm_loss(self.gpt.lm_head(hidden[has_next]), lm_targets[has_next], lm_weights[has_next])
+            # The output projection is tied to the token embedding (`GPT.lm_head`).
+            lm = chunked_lm_loss(hidden[has_next], self.gpt.tokens_embed.weight, lm_targets[has_next],
+                                 lm_weights[has_next])  # fmt: skip
         return TaskOutput(scores, lm)
 
 

@@ -55,10 +55,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     with `dropout`'s masks."""
     if not p or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=p)
-    scores = q @ k.transpose(-2, -1) * (1 / math.sqrt(q.size(-1)))
+    scores = (q * (1 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # scaling q: (T, hd), not (T, T)
     if mask is None:
         mask = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
-    return dropout(scores.masked_fill(~mask, float("-inf")).softmax(dim=-1), p) @ v
+    return dropout(scores.masked_fill_(~mask, float("-inf")).softmax(dim=-1), p) @ v
 
 
 class Attention(nn.Module):
