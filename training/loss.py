@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import torch
 
-# A chunk's fp32 logits take about a core's L2 cache (1 MB here), and at least MIN_ROWS tokens:
-# fewer make the products slower than the cache saves (measured 64-512 rows a chunk, and all).
+# On CPU a chunk's fp32 logits take about a core's L2 cache (1 MB here), and at least MIN_ROWS
+# tokens: fewer make the products slower than the cache saves (measured 64-512 rows a chunk, and
+# all). On a GPU chunks only bound memory: 256 MB of logits, 1,600 tokens of a 40k vocabulary.
 CHUNK_BYTES = 1 << 20
+GPU_CHUNK_BYTES = 1 << 28
 MIN_ROWS = 128
 
 
@@ -29,8 +31,8 @@ def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
                     weights: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """Weighted mean next-token cross-entropy of `hidden` (N, C) projected by `weight` (V, C): each
     target (N,), all >= 0, counts `weights` (N,) times."""
-    vocab = weight.size(0)
-    rows = max(MIN_ROWS, CHUNK_BYTES // (4 * vocab))
+    budget = CHUNK_BYTES if hidden.device.type == "cpu" else GPU_CHUNK_BYTES
+    rows = max(MIN_ROWS, budget // (4 * weight.size(0)))
     grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     return _ChunkedLMLoss.apply(hidden, weight, targets, weights.float(), rows, grads)
 
