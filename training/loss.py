@@ -10,7 +10,7 @@ share of the mean) while it is still in cache; the two gradient products follow 
 only scales what forward kept, (N, C) and (V, C), never (N, V). Same value and gradients as
 `training.model.lm_loss`, to float rounding.
 
-On 2 CPU cores this takes 10-18% off a fine-tuning step with the auxiliary loss (the debug model,
+On 2 CPU cores this takes 9-19% off a fine-tuning step with the auxiliary loss (the debug model,
 a 2,158-id vocabulary; `proxy_shuffle` and `proxy_order`, interleaved runs). What is left of the
 loss is its three matrix products, which already run at 120-170 GFLOP/s there, near the cores' peak.
 """
