@@ -12,7 +12,7 @@ Too long an input is cut longest part first, so the extract token always stays: 
 
 An example's sequences go into one row of a batch, their common beginning once (a multiple-choice
 context is read once, not once per choice), then the rest of each; attention within the row
-(`training.model.segment_mask`) gives every token the state it has in its own sequence, and the
+(`training.model.segment_bias`) gives every token the state it has in its own sequence, and the
 LM loss counts a shared token once per sequence that holds it, so scores and losses are those of
 the sequences padded one by one. Rows are padded on the right; attention is causal, so padding
 never changes the states before it, and the LM loss ignores it.

@@ -7,7 +7,7 @@ import torch
 
 from training.config import ModelConfig
 from training.export import hf_config, hf_state_dict
-from training.model import GPT, attend, dropout, lm_loss
+from training.model import GPT, attend, dropout, lm_loss, segment_bias
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -63,6 +63,17 @@ def test_attention_with_dropout_is_on_average_attention_without_it():
     exact = attend(q, k, v, None, 0.0)  # SDPA, causal
     mean = torch.stack([attend(q, k, v, None, 0.2) for _ in range(4000)]).mean(0)
     assert torch.allclose(mean, exact, atol=0.05)
+
+
+@pytest.mark.parametrize("segmented", [False, True])
+def test_cpu_attention_for_training_is_sdpa_where_dropout_keeps_every_weight(segmented):
+    """The math path with masks drawn (p small enough that every weight is kept) against SDPA: causal,
+    and with a segment bias (segment 0 shared, two more, padding -1)."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 2, 7, 8).unbind(0)
+    segments = torch.tensor([[0, 0, 1, 1, 2, 2, -1], [0, 1, 1, 1, 2, 2, 2]])
+    bias = segment_bias(segments, q.dtype) if segmented else None
+    torch.testing.assert_close(attend(q, k, v, bias, 1e-9), attend(q, k, v, bias, 0.0))
 
 
 def test_weights_start_from_normal_0_02_and_biases_from_zero():

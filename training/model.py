@@ -49,16 +49,21 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     return x * keep.to(x.dtype).mul_(1 / (1 - p))
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, p: float) -> torch.Tensor:
-    """Scaled dot-product attention, causal or where `mask` is true, with dropout `p` on the weights:
-    SDPA (flash or memory-efficient kernels on GPU), or on CPU when training, SDPA's own math path
-    with `dropout`'s masks."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, p: float) -> torch.Tensor:
+    """Scaled dot-product attention, causal or with `bias` added to the scores (0 where a query may
+    attend, -inf where not), with dropout `p` on the weights: SDPA (flash or memory-efficient
+    kernels on GPU), or on CPU when training, SDPA's own math path with `dropout`'s masks."""
     if not p or q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bias is None, dropout_p=p)
     scores = (q * (1 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # scaling q: (T, hd), not (T, T)
-    if mask is None:
-        mask = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
-    return dropout(scores.masked_fill_(~mask, float("-inf")).softmax(dim=-1), p) @ v
+    scores += causal_bias(q.size(-2), q.dtype) if bias is None else bias
+    return dropout(scores.softmax(dim=-1), p) @ v
+
+
+def causal_bias(T: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+    """(T, T): 0 where a query may attend (itself and before), -inf after. Added to the scores, it
+    masks in one pass that needs none in backward, where `masked_fill` takes one each way."""
+    return torch.full((T, T), float("-inf"), dtype=dtype, device=device).triu_(1)
 
 
 class Attention(nn.Module):
@@ -69,13 +74,13 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.resid_dropout = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        # Causal attention, or `mask` (B, 1, T, T) where given; flash or memory-efficient kernels on GPU.
-        y = attend(q, k, v, mask, self.dropout if self.training else 0.0)
+        # Causal attention, or `bias` (B, 1, T, T) where given; flash or memory-efficient kernels on GPU.
+        y = attend(q, k, v, bias, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -100,8 +105,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.ln_1(x + self.attn(x, mask))  # post-LayerNorm, as GPT-1 (GPT-2 moved it before)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.ln_1(x + self.attn(x, bias))  # post-LayerNorm, as GPT-1 (GPT-2 moved it before)
         return self.ln_2(x + self.mlp(x))
 
 
@@ -138,9 +143,9 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence of {T} tokens is longer than the {self.cfg.n_positions} positions")
             positions = torch.arange(T, device=idx.device)
         x = self.drop(self.tokens_embed(idx) + self.positions_embed(positions))  # (B, T, C)
-        mask = None if segments is None else segment_mask(segments)
+        bias = None if segments is None else segment_bias(segments, x.dtype)
         for block in self.h:
-            x = block(x, mask)
+            x = block(x, bias)
         return Output(x, self.lm_head(x) if logits else None)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -157,12 +162,11 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * self.cfg.n_layer * self.cfg.n_embd * seq_len
 
 
-def segment_mask(segments: torch.Tensor) -> torch.Tensor:
-    """(B, T) segment ids -> (B, 1, T, T) attention mask: causal, within a segment or into segment 0."""
-    T = segments.size(1)
-    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+def segment_bias(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) segment ids -> (B, 1, T, T) attention bias: causal, within a segment or into segment 0."""
     query, key = segments[:, :, None], segments[:, None, :]
-    return (causal & ((key == 0) | (key == query)))[:, None]
+    bias = causal_bias(segments.size(1), dtype, segments.device)
+    return bias.masked_fill((key != 0) & (key != query), float("-inf"))[:, None]
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
