@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -58,3 +60,19 @@ def test_chunked_lm_loss_in_half_precision_gives_gradients_of_the_inputs_dtype(s
                                         rel=1e-2)  # fmt: skip
     for grad, exact in zip((hidden.grad, weight.grad), reference):
         torch.testing.assert_close(grad.float(), exact.grad, rtol=0.05, atol=2e-4)
+
+
+def test_a_target_far_below_the_rest_counts_87_nats_with_its_exact_gradient():
+    """A logit 200 below another gives the target probability e^-200, under float's range: its loss
+    is floored at -log(1e-38), and its gradient (softmax minus one-hot) is that of the full loss."""
+    hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    weight = torch.tensor([[200.0, 0.0], [0.0, 0.0], [0.0, 3.0]], requires_grad=True)
+    targets, weights = torch.tensor([1, 2]), torch.ones(2)
+    lm_loss(hidden @ weight.T, targets, weights).backward()
+    expected = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    loss = chunked_lm_loss(hidden, weight, targets, weights)
+    loss.backward()
+    second = -torch.log_softmax(torch.tensor([0.0, 0.0, 3.0]), 0)[2]  # the other token's loss, in range
+    assert loss.item() == pytest.approx((-math.log(torch.finfo(torch.float).tiny) + second.item()) / 2, rel=1e-6)
+    torch.testing.assert_close((hidden.grad, weight.grad), expected)
