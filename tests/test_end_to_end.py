@@ -41,6 +41,8 @@ def gpt1_run(config: Path, out: Path, ray_address: str, *args: str) -> list[str]
 
 
 def test_a_run_killed_during_pretraining_completes_to_a_report_then_skips_everything(ray_address, tmp_path):
+    """About a minute on 2 cores: the whole mission runs as the user runs it, three `gpt1 run`
+    processes (killed, rerun, skipped), each starting the CLI, DeepSpeed's launcher and its rank."""
     config, out = tmp_path / "mini.yaml", tmp_path / "out"
     config.write_text(MINIATURE)
     env = {**os.environ, "COLUMNS": "250"}
