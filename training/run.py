@@ -10,6 +10,7 @@ last step is already done it only writes `result.json`.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import math
@@ -118,6 +119,7 @@ def init_process() -> torch.device:
     else:
         device = torch.device("cpu")
         _skip_shared_memory_op()
+        keep_freed_memory()
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return device
 
@@ -146,6 +148,28 @@ def _skip_shared_memory_op() -> None:
 
     comm = importlib.import_module("deepspeed.comm.torch")  # the attribute deepspeed.comm.torch is torch itself
     comm.build_shm_op = lambda: None
+
+
+# glibc's mallopt options, and the largest mmap threshold it accepts on 64-bit.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX = -1, -3, 32 << 20
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep the memory a CPU step frees for the steps after it. By default it gives blocks
+    above its mmap threshold (128 KB, raised to the largest block freed so far) back to the OS and
+    trims the heap's top, so activations whose size changes with every batch are faulted in again,
+    4 KB at a time: 700k page faults in two epochs of the demo's `proxy_order` on 2 cores, 180k with
+    blocks of up to 32 MB kept in the heap, system time halved and a median 10% off a whole
+    `proxy_order` fine-tune (five interleaved pairs of processes; `proxy_shuffle`'s smaller tensors
+    within the noise). A process then holds its peak heap, which training reaches every step anyway."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def _from_slurm() -> None:
