@@ -14,8 +14,10 @@ the auxiliary loss), once per seed along each path:
   in one row that holds their shared beginning once (built once, when the task is tokenised), the
   LM head only where there is a next token and never when scoring, scoring `score_batch` examples
   at a time under inference mode, `training.model.dropout`, fused AdamW, no reduction alone;
-- `pool`, when the config's `eval.workers` is above 1: ours as the eval stage runs it, every seed
-  at once in worker processes (`eval.pool`), timed from the workers' start (wall time only).
+- `pool`, when the config's `eval.workers` is above 1: ours as the eval stage runs it, one pool of
+  worker processes (`eval.pool`) for every task and seed, started once. A task's row is its runs'
+  own times in their workers divided by the number of workers; the total over every task is the
+  pool's wall time, from the workers' start to the last score.
 Prints examples/s of fine-tuning and of scoring, the ratio, where the time goes (set-up, data,
 forward, backward, optimizer, scoring: wall time of each outermost call), and each path's dev
 scores with their spread over the seeds. Needs the run's pretrain stage (`gpt1 train CONFIG`).
@@ -234,20 +236,28 @@ def compare(task: Task, train: Encoded, evals: dict[str, Encoded], model_cfg: Mo
     return rows
 
 
-def pooled(cfg: EvalConfig, task_cfg: TaskConfig, folder: Path, data_dir: Path, seeds: list[int],
-           examples: int) -> list[dict]:  # fmt: skip
-    """Our path as the eval stage runs it with `eval.workers` above 1: every seed at once, each in a
-    worker process; timed from the workers' start to the last score, so each row is the wall time
-    of all of them divided by their number."""
+def pooled(cfg: EvalConfig, task_cfgs: list[TaskConfig], folder: Path, data_dir: Path, seeds: list[int],
+           examples: dict[str, int]) -> tuple[list[dict], float]:  # fmt: skip
+    """Our path as the eval stage runs it with `eval.workers` above 1: one pool of worker processes
+    for every task and seed, started once, as the stage starts one for all its fine-tunes. Returns a
+    row per run, whose time is the run's own in its worker divided by the number of workers (its
+    share of the pool while every worker is busy), and the pool's wall time per seed, from the
+    workers' start to the last score (start-up included)."""
+    n = workers(cfg)
     t0 = time.perf_counter()
-    with Pool(Runs, (folder, data_dir), workers(cfg)) as pool:
-        runs = [job.result()[1] for job in [pool.submit("run", task_cfg, cfg, "full", seed) for seed in seeds]]
-    seconds = (time.perf_counter() - t0) / len(seeds)
-    task = get_task(task_cfg.name)
-    print(f"{task.name} {workers(cfg)} workers, seeds {seeds}: {seconds * len(seeds):.1f} s", flush=True)
-    return [{"task": task.name, "path": "pool", "seed": run["seed"], "seconds": seconds, "parts": None,
-             "train_per_s": examples * cfg.epochs / seconds, "score_per_s": None,
-             "score": run["scores"][task.name][task.metric]} for run in runs]  # fmt: skip
+    with Pool(Runs, (folder, data_dir), n) as pool:
+        jobs = [(t, pool.submit("run", t, cfg, "full", seed)) for t in task_cfgs for seed in seeds]
+        runs = [(t, job.result()[1]) for t, job in jobs]
+    seconds = time.perf_counter() - t0
+    print(f"every task, {n} workers, seeds {seeds}: {seconds:.1f} s", flush=True)
+    rows = []
+    for task_cfg, run in runs:
+        task = get_task(task_cfg.name)
+        share = run["seconds"] / n
+        rows.append({"task": task.name, "path": "pool", "seed": run["seed"], "seconds": share, "parts": None,
+                     "train_per_s": examples[task.name] * cfg.epochs / share, "score_per_s": None,
+                     "score": run["scores"][task.name][task.metric]})  # fmt: skip
+    return rows, seconds / len(seeds)
 
 
 def main() -> None:
@@ -265,7 +275,7 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     device = init_process()
-    rows = []
+    rows, pool_wall = [], None
     if args.race:
         cfg = EvalConfig(batch_size=32, micro_batch=8, score_batch=32, epochs=1)  # the paper's batch, as 4 × 8
         rows = compare(*race_shaped(args.preset, args.race), cfg, seeds, device)
@@ -276,14 +286,18 @@ def main() -> None:
         names = args.tasks.split(",") if args.tasks else [t.name for t in cfg.tasks]
         folder, data_dir = pretrained(config.run_dir)
         here = Runs(folder, data_dir)  # the checkpoint and tasks, loaded as the eval stage does
+        task_cfgs, examples = [], {}
         for name in names:
             task_cfg = next((t for t in cfg.tasks if t.name == name), None)
             if task_cfg is None:
                 raise SystemExit(f"error: {name} is not one of the config's eval.tasks")
             task, _, train, evals = here.task(task_cfg)
             rows += compare(task, train, evals, here.model_cfg, here.weights, cfg, seeds, device)
-            if workers(cfg) > 1:
-                rows += pooled(cfg, task_cfg, folder, data_dir, seeds, len(train))
+            task_cfgs.append(task_cfg)
+            examples[name] = len(train)
+        if workers(cfg) > 1:
+            pool_rows, pool_wall = pooled(cfg, task_cfgs, folder, data_dir, seeds, examples)
+            rows += pool_rows
         where = f"{config.run_dir}, {args.config}'s eval section"
 
     print(f"\n{where}, seeds {seeds}, {torch.get_num_threads()} threads")
@@ -315,6 +329,8 @@ def main() -> None:
                   f"{mean[label]['train_per_s'] / mean['old']['train_per_s']:.2f}×, "
                   + ("" if scoring is None else f"scoring {scoring / mean['old']['score_per_s']:.2f}×, ")
                   + f"whole run {mean['old']['seconds'] / mean[label]['seconds']:.2f}×")  # fmt: skip
+    if pool_wall is not None:
+        totals["pool"] = pool_wall  # the pool's wall time, its start-up included, not the sum of its runs' shares
     print(
         "every task, one seed: "
         + ", ".join(f"{label} {totals[label]:.0f} s" for label in labels)
