@@ -8,12 +8,13 @@ the auxiliary loss), once per seed along each path:
 - `old`, fine-tuning as it first ran: the plain shuffle (`eval.length_buckets: 0`), each sequence
   in a row of its own (a multiple-choice context once per choice), the LM head projecting every
   position (padding and extract tokens too) in training and in scoring, scoring `micro_batch`
-  examples at a time, torch's dropout on CPU, AdamW's per-parameter loop on CPU, and DeepSpeed
-  reducing the gradients of its one process;
+  examples at a time, torch's dropout on CPU, AdamW's per-parameter loop on CPU, DeepSpeed
+  clipping the gradients one at a time, and DeepSpeed reducing the gradients of its one process;
 - `ours`, the code and config as they are: batches of about one length, an example's sequences
   in one row that holds their shared beginning once (built once, when the task is tokenised), the
   LM head only where there is a next token and never when scoring, scoring `score_batch` examples
-  at a time under inference mode, `training.model.dropout`, fused AdamW, no reduction alone;
+  at a time under inference mode, `training.model.dropout`, fused AdamW clipping with torch's
+  foreach kernels (`training.engine.optimizer_clips`), no reduction alone;
 - `pool`, when the config's `eval.workers` is above 1: ours as the eval stage runs it, one pool of
   worker processes (`eval.pool`) for every task and seed, started once. A task's row is its runs'
   own times in their workers divided by the number of workers; the total over every task is the
@@ -115,8 +116,10 @@ class Parts:
                 mock.patch.object(finetuning, "score", self.timed("scoring", finetuning.score))]  # fmt: skip
 
 
-def old_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW as first built: fused on CUDA only, the per-parameter loop on CPU."""
+def old_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.device,
+                  clip: bool = False) -> torch.optim.AdamW:  # fmt: skip
+    """AdamW as first built: fused on CUDA only, the per-parameter loop on CPU; DeepSpeed clipped
+    (`old_code` turns `training.engine.optimizer_clips` off, so `clip` is always False)."""
     return torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=train.betas,
                              fused=device.type == "cuda")  # fmt: skip
 
@@ -136,6 +139,7 @@ def old_code() -> list:
     """The code of the old path where it differs from ours but for the task model and batches."""
     return [mock.patch("training.model.dropout", F.dropout), mock.patch("training.model.attend", old_attend),
             mock.patch("training.engine.optimizer", old_optimizer),
+            mock.patch("training.engine.optimizer_clips", lambda ds, precision: False),
             mock.patch("eval.finetune.build_engine", old_engine)]  # fmt: skip
 
 

@@ -7,7 +7,15 @@ import torch
 
 from training.checkpoint import WRAPPED, full_weights
 from training.config import DeepSpeedConfig, ModelConfig, TrainConfig
-from training.engine import accumulation_steps, deepspeed_config, lr_schedule, param_groups, resolve_precision, wrap
+from training.engine import (
+    accumulation_steps,
+    build_engine,
+    deepspeed_config,
+    lr_schedule,
+    param_groups,
+    resolve_precision,
+    wrap,
+)
 from training.model import GPT, lm_loss
 
 
@@ -58,6 +66,35 @@ def test_extra_keys_may_not_override_fields_we_own():
     ds = DeepSpeedConfig(extra={"train_batch_size": 32, "zero_optimization": {"stage": 3}})
     with pytest.raises(ValueError, match=r"train_batch_size, zero_optimization\.stage"):
         deepspeed_config(TrainConfig(), ds, 1, "fp32")
+
+
+def test_adamw_clips_at_zero_0_in_fp32_and_the_engine_reports_the_norm():
+    """There DeepSpeed's clipping is off and our AdamW clips: one step through the engine moves the
+    weights as clipping by hand then AdamW does, and the engine reports the norm before clipping."""
+    from training.run import init_process
+
+    device = init_process()
+    train = TrainConfig(global_batch=4, micro_batch=4, lr=1e-2, warmup_steps=1, grad_clip=0.1)
+    clipping = {(stage, precision): deepspeed_config(train, DeepSpeedConfig(zero_stage=stage), 1, precision)[
+        "gradient_clipping"] for stage in (0, 1) for precision in ("fp32", "bf16")}  # fmt: skip
+    assert clipping == {(0, "fp32"): 0.0, (0, "bf16"): 0.1, (1, "fp32"): 0.1, (1, "bf16"): 0.1}
+    torch.manual_seed(0)
+    cfg = ModelConfig(preset="debug", vocab_size=50, n_positions=16, dropout=0.0)
+    model, by_hand = GPT(cfg), GPT(cfg)
+    by_hand.load_state_dict(model.state_dict())
+    engine = build_engine(model, train, DeepSpeedConfig(zero_stage=0), device, 1, 10)
+    reference = torch.optim.AdamW(param_groups(by_hand, train.weight_decay), lr=train.lr, betas=train.betas)
+    tokens = torch.randint(0, 50, (4, 16))
+    targets = torch.cat([tokens[:, 1:], torch.full((4, 1), -1)], dim=1)
+    engine.backward(lm_loss(engine(tokens).logits, targets))
+    lm_loss(by_hand(tokens).logits, targets).backward()
+    norm = torch.nn.utils.clip_grad_norm_(by_hand.parameters(), train.grad_clip)
+    assert norm > train.grad_clip  # so that clipping changes the step
+    engine.step()
+    reference.step()
+    assert float(engine.get_global_grad_norm()) == pytest.approx(norm.item(), rel=1e-5)
+    for ours, theirs in zip(model.parameters(), by_hand.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs)
 
 
 def test_weight_decay_skips_biases_and_gains():

@@ -1,6 +1,6 @@
 """The DeepSpeed pieces we own, built from our typed config: batch arithmetic, precision, ZeRO,
-AdamW parameter groups and the learning-rate schedule. Every other DeepSpeed key passes through
-`deepspeed.extra` untouched.
+AdamW parameter groups (and, at ZeRO stage 0 in fp32, its gradient clipping) and the learning-rate
+schedule. Every other DeepSpeed key passes through `deepspeed.extra` untouched.
 
 Infrastructure wraps a plain model in a fixed order and never edits it: `wrap` adds activation
 checkpointing around each block, then `torch.compile`; `build_engine` then puts it in the DeepSpeed
@@ -54,7 +54,7 @@ def deepspeed_config(train: TrainConfig, ds: DeepSpeedConfig, world_size: int, p
         "train_batch_size": train.global_batch,
         "train_micro_batch_size_per_gpu": train.micro_batch,
         "gradient_accumulation_steps": accumulation_steps(train, world_size),
-        "gradient_clipping": train.grad_clip,
+        "gradient_clipping": 0.0 if optimizer_clips(ds, precision) else train.grad_clip,
         "zero_optimization": zero_optimization(ds),
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
@@ -104,11 +104,39 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def optimizer_clips(ds: DeepSpeedConfig, precision: str) -> bool:
+    """Whether our AdamW clips the gradients rather than DeepSpeed: at ZeRO stage 0 in fp32, where
+    DeepSpeed hands the optimizer the gradients as they are and clips them one parameter at a time
+    in Python, keeping no norm: 0.95 ms of a debug-model fine-tuning step on `proxy_shuffle`,
+    0.48 ms with torch's foreach kernels, 5% of an epoch on one thread. Under ZeRO or in fp16/bf16,
+    DeepSpeed's own optimizers clip their buffers."""
+    return ds.zero_stage == 0 and precision == "fp32"
+
+
+class ClippedAdamW(torch.optim.AdamW):
+    """AdamW that first clips the gradients' global norm to `max_norm` (inf: never), and leaves the
+    norm before clipping where DeepSpeed's engine reads it (`engine.get_global_grad_norm()`)."""
+
+    def __init__(self, params: list[dict[str, Any]], max_norm: float, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        self.max_norm = max_norm
+        self._global_grad_norm: torch.Tensor | None = None
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        with_grads = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self._global_grad_norm = torch.nn.utils.clip_grad_norm_(with_grads, self.max_norm, foreach=True)
+        return super().step(closure)
+
+
+def optimizer(model: nn.Module, train: TrainConfig, device: torch.device, clip: bool = False) -> torch.optim.AdamW:
     """AdamW; the fused kernel where the device has one (CUDA, and CPU, where it is several times
-    faster than the per-parameter loop on a small model)."""
+    faster than the per-parameter loop on a small model). With `clip`, it clips to train.grad_clip
+    itself (`optimizer_clips`)."""
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=train.betas, fused=fused)
+    groups = param_groups(model, train.weight_decay)
+    if clip:
+        return ClippedAdamW(groups, train.grad_clip or math.inf, lr=train.lr, betas=train.betas, fused=fused)
+    return torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, fused=fused)
 
 
 def lr_schedule(train: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -149,7 +177,7 @@ def build_engine(model: nn.Module, train: TrainConfig, ds: DeepSpeedConfig, devi
     import deepspeed
 
     precision = resolve_precision(train.precision, device)
-    opt = optimizer(model, train, device)
+    opt = optimizer(model, train, device, clip=optimizer_clips(ds, precision))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(train, total_steps))
     config = deepspeed_config(train, ds, world_size, precision)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=schedule, config=config,
