@@ -123,8 +123,8 @@ class ClippedAdamW(torch.optim.AdamW):
         self._global_grad_norm: torch.Tensor | None = None
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        with_grads = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        self._global_grad_norm = torch.nn.utils.clip_grad_norm_(with_grads, self.max_norm, foreach=True)
+        params = [p for group in self.param_groups for p in group["params"]]  # those without a gradient are skipped
+        self._global_grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm, foreach=True)
         return super().step(closure)
 
 
