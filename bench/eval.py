@@ -47,7 +47,7 @@ from deepspeed.runtime.engine import DeepSpeedEngine
 import eval.finetune as finetuning
 from eval.config import EvalConfig, TaskConfig
 from eval.evaluate import Runs, workers
-from eval.finetune import Encoded, finetune, train_config
+from eval.finetune import Encoded, finetune
 from eval.heads import TaskModel, TaskOutput
 from eval.pool import Pool
 from eval.tasks import Example, Task, get_task
@@ -56,8 +56,8 @@ from launch.config import load_config
 from tokenizer.config import TokenizerConfig
 from tokenizer.train import train as train_tokenizer
 from training.checkpoint import resolve
-from training.config import DeepSpeedConfig, ModelConfig, TrainConfig
-from training.engine import build_engine, param_groups
+from training.config import ModelConfig, TrainConfig
+from training.engine import build_engine, load_optimizer_imports, param_groups
 from training.model import GPT, lm_loss
 from training.run import init_process
 
@@ -208,8 +208,7 @@ def compare(task: Task, train: Encoded, evals: dict[str, Encoded], model_cfg: Mo
             device: torch.device) -> list[dict]:  # fmt: skip
     """One fine-tune per path and seed of one task; each row its time, parts and dev scores."""
     old = cfg.model_copy(update={"length_buckets": 0, "score_batch": cfg.micro_batch})
-    # A process's first engine costs about a second more than the next ones: pay it before timing either path.
-    build_engine(GPT(model_cfg), train_config(cfg, 1), DeepSpeedConfig(zero_stage=0), device, 1, 1)
+    load_optimizer_imports()  # before timing either path
     paths = {"old": (old, [mock.patch("eval.finetune.TaskModel", EveryPosition),
                            mock.patch("eval.finetune.collate_rows", unpacked), *old_code()]),
              "ours": (cfg, [])}  # fmt: skip

@@ -89,9 +89,11 @@ class Runs:
     checkpoint's weights and tokenizer, and each task tokenised once, for every variant and seed."""
 
     def __init__(self, checkpoint: Path, data_dir: Path | None):
+        from training.engine import load_optimizer_imports
         from training.run import init_process
 
         self.device = init_process()
+        load_optimizer_imports()
         self.model_cfg, self.weights = load_weights(checkpoint)
         self.tok = BPETokenizer.load(checkpoint / "tokenizer")
         self.data_dir = data_dir

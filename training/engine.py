@@ -192,6 +192,13 @@ def build_engine(model: nn.Module, train: TrainConfig, ds: DeepSpeedConfig, devi
     return engine
 
 
+def load_optimizer_imports() -> None:
+    """Import now what torch.optim imports on its first use: torch._dynamo, 1.4-1.7 s here and all
+    a process's first engine costs over the next. Processes that time their fine-tunes (the eval
+    stage's workers, `bench.eval`) call this as they start, so that no run's time includes it."""
+    import torch._dynamo  # noqa: F401
+
+
 def _has(config: dict[str, Any], dotted: str) -> bool:
     head, _, rest = dotted.partition(".")
     if head not in config:
