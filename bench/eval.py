@@ -208,7 +208,6 @@ def compare(task: Task, train: Encoded, evals: dict[str, Encoded], model_cfg: Mo
             device: torch.device) -> list[dict]:  # fmt: skip
     """One fine-tune per path and seed of one task; each row its time, parts and dev scores."""
     old = cfg.model_copy(update={"length_buckets": 0, "score_batch": cfg.micro_batch})
-    load_optimizer_imports()  # before timing either path
     paths = {"old": (old, [mock.patch("eval.finetune.TaskModel", EveryPosition),
                            mock.patch("eval.finetune.collate_rows", unpacked), *old_code()]),
              "ours": (cfg, [])}  # fmt: skip
@@ -278,6 +277,7 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     device = init_process()
+    load_optimizer_imports()  # before timing any path
     rows, pool_wall = [], None
     if args.race:
         cfg = EvalConfig(batch_size=32, micro_batch=8, score_batch=32, epochs=1)  # the paper's batch, as 4 × 8
